@@ -1,0 +1,75 @@
+"""The ``sniper`` command line: one entry point, one module per subcommand.
+
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+The table below is the complete list; there is no registration by import side effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sniper import __version__
+from sniper.errors import SniperError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-dataset": ("sniper.data.synthetic_cmd", "generate the embedded synthetic detection dataset"),
+    "chips": ("sniper.chips_cmd", "mine positive/negative chips from COCO annotations"),
+    "export": ("sniper.data.export_cmd", "write chips as images + COCO JSON for any detector"),
+    "train": ("sniper.engine.train_cmd", "run the SNIPER training pipeline"),
+    "predict": ("sniper.engine.predict_cmd", "multi-scale inference with Soft-NMS"),
+    "evaluate": ("sniper.engine.evaluate_cmd", "COCO AP or proposal recall"),
+    "demo": ("sniper.demo", "end-to-end demo on the synthetic dataset"),
+}
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config`` and repeated ``--set key=value`` (shared by all config-driven commands)."""
+    p.add_argument("--config", default=None, help="YAML config file (only keys that differ from defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=0.01 (repeatable)",
+    )
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only ``command``'s module is imported (the others may pull in torch)."""
+    parser = argparse.ArgumentParser(prog="sniper", description="SNIPER: efficient multi-scale training.")
+    parser.add_argument("--version", action="version", version=f"sniper {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (SniperError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if args.debug:
+            raise
+        print(f"sniper {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

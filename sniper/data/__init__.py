@@ -1,0 +1,1 @@
+"""Datasets: COCO reading, image decoding, the synthetic dataset, chip datasets and export."""

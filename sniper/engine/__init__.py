@@ -1,0 +1,1 @@
+"""Training, proposals, prediction and evaluation."""

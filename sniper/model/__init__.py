@@ -1,0 +1,1 @@
+"""SNIPER Faster R-CNN built from torchvision detection components."""

@@ -1,0 +1,1 @@
+"""Detection ops that torchvision does not have (Soft-NMS)."""
