@@ -74,7 +74,9 @@ class DataConfig:
     max_image_pixels: int = 200_000_000
     flip: bool = True
     num_workers: int = 2
+    # Decoded images kept per DataLoader worker, bounded by count and by pixels (3 bytes each).
     image_cache_size: int = 4
+    image_cache_pixels: int = 50_000_000
 
 
 @dataclass
@@ -87,6 +89,8 @@ class ModelConfig:
     rpn_channels: int = 256
     head_channels: int = 256
     fc_dim: int = 512
+    # RoIAlign 7x7 with this many sampling points per bin side (0: adaptive, as in Detectron).
+    roi_sampling_ratio: int = 2
     anchor_sizes: list[float] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     rpn_pre_nms_top_n_train: int = 2000

@@ -1,0 +1,350 @@
+"""The chip dataset: one item per chip, exactly what the model trains on.
+
+``dataset[ChipKey(i, flip)]`` renders row ``i`` of a :class:`~sniper.data.plan.ChipTable`:
+
+* image ``[3, K, K]`` float in [0, 1], RGB: the chip's window of the original image resized by
+  its factor ``f`` (crop before resize; JPEG draft decoding when ``f <= 1/2``), at the top-left,
+  zero padding elsewhere; mirrored inside its content width when ``flip``;
+* target dict (labels from :func:`sniper.chips.chip_labels`, so they agree with the chip engine):
+
+  ============== ============================ ==================================================
+  key            type                         meaning
+  ============== ============================ ==================================================
+  boxes          [N, 4] float32               valid GT, chip px (after flip)
+  labels         [N] int64                    contiguous 1..C (``CocoDataset.label_of``)
+  ignore_boxes   [M, 4] float32               every other GT touching the chip (crowd included)
+  valid_range    [2] float32                  (lo, hi) sqrt-area in chip px; hi may be inf
+  image_size     [2] int64                    (h, w) of the content (unpadded extent)
+  image_id       int                          source image id
+  scale          float                        resize factor f
+  scale_index    int                          index into ``cfg.chips.scales``
+  origin         [2] float64                  (x1, y1) of the chip in original px
+  chip_box       [4] float64                  (x1, y1, x2, y2) of the chip in original px
+  flipped        bool                         mirrored inside its content width
+  ============== ============================ ==================================================
+
+  :func:`chip_to_original` maps chip-pixel boxes (predictions) back to the source image.
+
+Sampling, shards, resume: :mod:`sniper.data.plan`. Bad images (``cfg.data.on_bad_image``):
+"error" raises :class:`~sniper.errors.BadImageError` naming the file; "skip" is meant to go
+through :func:`check_images` before training (lists the bad files, drops their chips, counted);
+a file that only fails at decode time is then replaced by the next chip of a good image,
+with a warning naming the file, and counted in :attr:`ChipDataset.bad_files` of that process.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm import tqdm
+
+from sniper.chips import Chip, chip_labels
+from sniper.config import ChipConfig, Config, DataConfig
+from sniper.data.coco import CocoDataset
+from sniper.data.draw import draw_item
+from sniper.data.images import LoadedImage, check_image_size, load_image, resolve_image_path
+from sniper.data.plan import ChipBatchSampler, ChipKey, ChipTable
+from sniper.data.transforms import ImageCache, chip_tensor, draft_reduce, flip_boxes, reduction, render_chip
+from sniper.errors import BadImageError
+
+__all__ = [
+    "BadImage",
+    "ChipBatchSource",
+    "ChipDataset",
+    "ImageCheck",
+    "check_images",
+    "chip_to_original",
+    "collate_chips",
+    "draw_item",
+]
+
+Target = dict[str, Any]
+
+
+class ChipDataset(Dataset):
+    """Chips of a COCO dataset as training items (see the module docstring)."""
+
+    def __init__(
+        self,
+        coco: CocoDataset,
+        chips: ChipTable,
+        image_root: str | os.PathLike[str],
+        chip_cfg: ChipConfig,
+        data_cfg: DataConfig | None = None,
+    ) -> None:
+        self.coco = coco
+        self.chips = chips
+        self.image_root = Path(image_root)
+        self.chip_cfg = chip_cfg
+        self.data_cfg = data_cfg or DataConfig()
+        if self.data_cfg.on_bad_image not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_image must be 'error' or 'skip', got {self.data_cfg.on_bad_image!r}")
+        self._image_pos = coco.index_of(chips.image_id)
+        if np.any(self._image_pos < 0):
+            bad = np.unique(chips.image_id[self._image_pos < 0])[:5].tolist()
+            raise ValueError(f"chips refer to image id(s) {bad} that are not in the annotations")
+        bad_scale = (chips.scale_index < 0) | (chips.scale_index >= len(chip_cfg.scales))
+        if np.any(bad_scale):
+            raise ValueError(
+                f"chips use scale_index {np.unique(chips.scale_index[bad_scale]).tolist()}, "
+                f"but chips.scales has {len(chip_cfg.scales)} scales (same config as `sniper chips`?)"
+            )
+        self.bad_files: dict[str, str] = {}  # file -> reason, images that failed in THIS process
+        self._bad_ids: set[int] = set()
+        self._cache: ImageCache | None = None
+
+    @classmethod
+    def from_config(cls, coco: CocoDataset, chips: ChipTable, image_root: str | os.PathLike[str], cfg: Config):
+        return cls(coco, chips, image_root, cfg.chips, cfg.data)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = None  # every DataLoader worker builds its own, empty
+        return state
+
+    @property
+    def cache(self) -> ImageCache:
+        if self._cache is None:
+            self._cache = ImageCache(self.data_cfg.image_cache_size, self.data_cfg.image_cache_pixels)
+        return self._cache
+
+    # ------------------------------------------------------------ pieces
+
+    def chip(self, index: int) -> Chip:
+        t = self.chips
+        x1, y1, x2, y2 = (float(v) for v in t.boxes[index])
+        kind = "neg" if t.is_neg[index] else "pos"
+        return Chip(x1, y1, x2, y2, float(t.scale[index]), int(t.scale_index[index]), kind)
+
+    def image_path(self, image_id: int) -> Path:
+        return resolve_image_path(self.image_root, self.coco.image(image_id).file_name)
+
+    def load(self, image_id: int, scale: float) -> LoadedImage:
+        """The image decoded at least at resolution ``scale`` (cached; JPEG draft when it shrinks >= 2x)."""
+        reduce = draft_reduce(scale)
+        cached = self.cache.get(image_id, reduce)
+        if cached is not None:
+            have = reduction(cached)
+            if have == reduce:
+                return cached
+            # A finer decode is cached: box-reduce it (pixel i = source [k*i, k*(i+1)), like a
+            # JPEG draft) rather than resample a far larger image for every coarse chip.
+            k = reduce // have
+            smaller = LoadedImage(
+                cached.image.reduce(k), cached.scale_x / k, cached.scale_y / k, cached.original_size
+            )
+            self.cache.put(image_id, smaller)
+            return smaller
+        rec = self.coco.image(image_id)
+        path = resolve_image_path(self.image_root, rec.file_name)
+        draft = (rec.width // reduce, rec.height // reduce) if reduce > 1 else None
+        loaded = load_image(path, max_pixels=self.data_cfg.max_image_pixels, draft_size=draft)
+        if loaded.original_size != (rec.width, rec.height):
+            w, h = loaded.original_size
+            raise BadImageError(str(path), f"annotation says {rec.width}x{rec.height}, file is {w}x{h}")
+        self.cache.put(image_id, loaded)
+        return loaded
+
+    def target(self, index: int, flip: bool = False) -> Target:
+        """Labels of chip ``index`` (no pixels)."""
+        chip = self.chip(index)
+        image_id = int(self.chips.image_id[index])
+        rec = self.coco.images[int(self._image_pos[index])]
+        ann = self.coco.annotations_at(int(self._image_pos[index]))
+        lab = chip_labels(
+            chip, ann.boxes, ann.category_ids, ann.iscrowd, self.chip_cfg, image_size=(rec.width, rec.height)
+        )
+        w, h = chip.size_px()
+        boxes = lab.boxes[lab.valid].astype(np.float32).reshape(-1, 4)
+        ignore = lab.boxes[lab.ignore].astype(np.float32).reshape(-1, 4)
+        if flip:
+            boxes, ignore = flip_boxes(boxes, w), flip_boxes(ignore, w)
+        return {
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(self.coco.label_of(lab.classes[lab.valid]).astype(np.int64)),
+            "ignore_boxes": torch.from_numpy(ignore),
+            "valid_range": torch.tensor(lab.valid_range, dtype=torch.float32),
+            "image_size": torch.tensor([h, w], dtype=torch.int64),
+            "image_id": image_id,
+            "scale": chip.scale,
+            "scale_index": chip.scale_index,
+            "origin": torch.tensor([chip.x1, chip.y1], dtype=torch.float64),
+            "chip_box": torch.tensor([chip.x1, chip.y1, chip.x2, chip.y2], dtype=torch.float64),
+            "flipped": bool(flip),
+        }
+
+    def render(self, index: int) -> np.ndarray:
+        """The chip content ``(h, w, 3)`` uint8 at its own size, unflipped, unpadded."""
+        chip = self.chip(index)
+        loaded = self.load(int(self.chips.image_id[index]), chip.scale)
+        return render_chip(loaded, chip.x1, chip.y1, chip.scale, chip.size_px())
+
+    # ------------------------------------------------------------ items
+
+    def __getitem__(self, key: ChipKey | int | tuple[int, bool]) -> tuple[torch.Tensor, Target]:
+        index, flip = (int(key), False) if isinstance(key, int | np.integer) else (int(key[0]), bool(key[1]))
+        if not 0 <= index < len(self.chips):
+            raise IndexError(f"chip index {index} out of range [0, {len(self.chips)})")
+        for _ in range(len(self.chips)):
+            image_id = int(self.chips.image_id[index])
+            if image_id not in self._bad_ids:
+                try:
+                    content = self.render(index)
+                    return chip_tensor(content, self.chip_cfg.chip_size, flip), self.target(index, flip)
+                except BadImageError as e:
+                    if self.data_cfg.on_bad_image == "error":
+                        raise
+                    self._bad_ids.add(image_id)
+                    self.bad_files[e.file] = e.reason
+                    warnings.warn(f"skipping bad image {e.file}: {e.reason} (data.on_bad_image=skip)", stacklevel=2)
+            index = (index + 1) % len(self.chips)  # replacement: the next chip of a good image
+        raise BadImageError(str(self.image_root), "every image of the chip dataset is bad")
+
+
+def chip_to_original(boxes: torch.Tensor | np.ndarray, target: Target) -> np.ndarray:
+    """Chip-pixel xyxy boxes of an item (e.g. predictions) -> original image pixels (float64)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    if bool(target["flipped"]):
+        w = float(target["image_size"][1])
+        b[:, [0, 2]] = w - b[:, [2, 0]]
+    origin = np.asarray(target["origin"], dtype=np.float64)
+    return b / float(target["scale"]) + np.concatenate([origin, origin])
+
+
+def collate_chips(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
+    """Items -> (images ``[B, 3, K, K]``, list of targets)."""
+    images = [b[0] for b in batch]
+    targets = [b[1] for b in batch]
+    out = None
+    if get_worker_info() is not None and images:
+        # Stack straight into shared memory, as default_collate does, saving a copy on the way out.
+        numel = sum(x.numel() for x in images)
+        storage = images[0].untyped_storage()._new_shared(numel * images[0].element_size(), device="cpu")
+        out = images[0].new(storage).resize_(len(images), *images[0].shape)
+    return torch.stack(images, 0, out=out), targets
+
+
+# ---------------------------------------------------------------- training loop glue
+
+
+class ChipBatchSource:
+    """A ``sniper.engine.train.BatchSource``: this rank's batches of an epoch, from any batch on.
+
+    One DataLoader with persistent workers; the batch sampler is re-planned per epoch in the main
+    process (it is cheap) and lays batches out so each worker gets contiguous runs of images.
+    """
+
+    def __init__(self, dataset: ChipDataset, sampler: ChipBatchSampler, *, num_workers: int = 0,
+                 pin_memory: bool = False) -> None:  # fmt: skip
+        self.dataset = dataset
+        self.sampler = sampler
+        if sampler.num_workers != num_workers:
+            raise ValueError(f"sampler was laid out for {sampler.num_workers} workers, loader has {num_workers}")
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_chips,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+        )
+        self._per_epoch = len(sampler.epoch_batches(0, 0))
+
+    def batches_per_epoch(self) -> int:
+        return self._per_epoch
+
+    def iterate(self, epoch: int, start: int) -> Iterable[tuple[torch.Tensor, list[Target]]]:
+        # Batches before `start` are full, so `start` batches = start * batch_size items.
+        self.sampler.set_epoch(epoch, start * self.sampler.batch_size)
+        return self.loader
+
+
+# ---------------------------------------------------------------- image checks
+
+
+@dataclass(frozen=True)
+class BadImage:
+    image_id: int
+    file: str
+    reason: str
+
+
+@dataclass
+class ImageCheck:
+    """Result of :func:`check_images`: the bad files, and the chip table without their chips."""
+
+    checked: int
+    bad: list[BadImage] = field(default_factory=list)
+    chips: ChipTable | None = None
+    dropped_chips: int = 0
+
+    def format(self) -> str:
+        lines = [f"checked {self.checked} images: {len(self.bad)} bad, {self.dropped_chips} chips dropped"]
+        lines += [f"  {b.file}: {b.reason}" for b in self.bad[:20]]
+        if len(self.bad) > 20:
+            lines.append(f"  ... and {len(self.bad) - 20} more")
+        return "\n".join(lines)
+
+
+def check_images(
+    coco: CocoDataset,
+    chips: ChipTable,
+    image_root: str | os.PathLike[str],
+    data_cfg: DataConfig,
+    *,
+    decode: bool = False,
+    workers: int = 4,
+    progress: bool = True,
+    on_bad: Callable[[BadImage], None] | None = None,
+) -> ImageCheck:
+    """Check every image that has chips; honour ``data_cfg.on_bad_image``.
+
+    Without ``decode`` only headers are read (missing, unreadable, not an image, size differs
+    from the annotation, path escapes the root); with ``decode`` every image is fully decoded
+    (also catches truncated files). "error": raise :class:`BadImageError` for the first bad file.
+    "skip": return all bad files and ``chips`` without their rows (counted in ``dropped_chips``).
+    """
+    ids = np.unique(chips.image_id)
+    root = Path(image_root)
+
+    def check(image_id: int) -> BadImage | None:
+        rec = coco.image(int(image_id))
+        try:
+            path = resolve_image_path(root, rec.file_name)
+            problem = check_image_size(path, rec.width, rec.height)
+            if problem is not None:
+                return BadImage(int(image_id), str(path), problem.split(": ", 1)[-1])
+            if decode:
+                load_image(path, max_pixels=data_cfg.max_image_pixels)
+            elif rec.width * rec.height > data_cfg.max_image_pixels:
+                return BadImage(int(image_id), str(path), f"{rec.width}x{rec.height} exceeds data.max_image_pixels")
+        except BadImageError as e:
+            return BadImage(int(image_id), e.file, e.reason)
+        return None
+
+    bad: list[BadImage] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
+        results = pool.map(check, ids.tolist())
+        for res in tqdm(results, total=len(ids), desc="check images", unit="img", disable=not progress):
+            if res is None:
+                continue
+            if data_cfg.on_bad_image == "error":
+                raise BadImageError(res.file, res.reason)
+            bad.append(res)
+            if on_bad is not None:
+                on_bad(res)
+    bad_ids = np.array([b.image_id for b in bad], dtype=np.int64)
+    keep = ~np.isin(chips.image_id, bad_ids)
+    return ImageCheck(len(ids), bad, chips.select(keep), int((~keep).sum()))

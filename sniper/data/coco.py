@@ -1,0 +1,721 @@
+"""COCO JSON loading and validation.
+
+``load_coco(path)`` reads an instances file into a :class:`CocoDataset` whose
+per-image annotation arrays are built once with numpy (annotations sorted by
+image, one slice per image), so a lookup is two array slices, not a scan.
+
+Bad-input policy (also in ``docs/data.md``):
+
+* **Structural problems are errors** (:class:`~sniper.errors.CocoFormatError`,
+  naming the record): the file is not JSON or not an object; ``images``,
+  ``annotations`` or ``categories`` is missing or not a list; an image record is
+  not an object, lacks ``id``/``width``/``height``/``file_name``, has a
+  non-integer id, a non-positive or non-finite size, or repeats an image id; a
+  category record lacks an integer ``id`` or repeats one.
+* **Per-annotation problems are skipped and counted** in :attr:`CocoDataset.report`
+  (with a few example records per reason); ``strict=True`` turns every skip into a
+  ``CocoFormatError`` instead: a record that is not an object or lacks
+  ``bbox``/``image_id``/``category_id`` (``missing_field``), a bbox that is not 4
+  numbers or an id that is not an integer (``malformed``), NaN or infinite values
+  (``non_finite``), ``w`` or ``h`` <= 0 (``non_positive_size``), an unknown image
+  (``unknown_image``) or category (``unknown_category``), a repeated annotation id
+  (``duplicate_id``; the first one is kept), a box entirely outside its image
+  (``outside_image``).
+* **Fixes are counted**, never silent: a box partly outside its image is clipped to
+  it (``clipped``); an annotation without ``id`` gets a fresh unique id
+  (``assigned_id``).
+* **Kept and counted**: images without annotations (``images_without_annotations``;
+  they are legitimate background images). ``iscrowd`` objects are kept with
+  ``iscrowd=True``; the chip engine turns them into ignore regions.
+
+Category ids of any kind (0-based, sparse, large) map to contiguous labels 1..C in
+sorted id order (0 is background) and back, via :meth:`CocoDataset.label_of` and
+:meth:`CocoDataset.category_of`.
+
+``load_results(path, dataset)`` reads COCO results-style JSON (proposals,
+detections) with the same policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sniper.errors import CocoFormatError
+from sniper.io import read_json
+
+__all__ = [
+    "REASONS",
+    "CocoDataset",
+    "CocoResults",
+    "ImageAnnotations",
+    "ImageRecord",
+    "LoadReport",
+    "load_coco",
+    "load_results",
+]
+
+# reason -> (action, description). The action says what happened to the record.
+REASONS: dict[str, tuple[str, str]] = {
+    "missing_field": ("skipped", "record is not an object or lacks bbox/image_id/category_id (score)"),
+    "malformed": ("skipped", "bbox is not 4 numbers, or an id/score is not a number of the right kind"),
+    "non_finite": ("skipped", "bbox or score has NaN or infinite values"),
+    "non_positive_size": ("skipped", "bbox has w <= 0 or h <= 0"),
+    "unknown_image": ("skipped", "image_id is not in images"),
+    "unknown_category": ("skipped", "category_id is not in categories"),
+    "duplicate_id": ("skipped", "annotation id repeats an earlier one (the first is kept)"),
+    "outside_image": ("skipped", "bbox lies entirely outside its image"),
+    "clipped": ("fixed", "bbox partly outside its image, clipped to it"),
+    "assigned_id": ("fixed", "annotation without id, given a fresh unique id"),
+    "images_without_annotations": ("kept", "image has no (usable) annotation"),
+}
+
+_MAX_EXAMPLES = 3
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class LoadReport:
+    """Counts of skipped / fixed / noted records by reason, with a few examples each."""
+
+    source: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)  # e.g. images, annotations read / kept
+    _first_skip: tuple[int, str, str] | None = field(default=None, repr=False, compare=False)
+
+    def skip(self, index: int, reason: str, detail: str) -> None:
+        """Count a skipped record; remember the earliest one (by record index) for strict mode."""
+        self.add(reason, detail)
+        if self._first_skip is None or index < self._first_skip[0]:
+            self._first_skip = (index, reason, detail)
+
+    def raise_first_skip(self) -> None:
+        """Strict mode: the earliest skipped record becomes a :class:`CocoFormatError`."""
+        if self._first_skip is not None:
+            _, reason, detail = self._first_skip
+            more = self.skipped - 1
+            tail = f"; {more} more bad record(s)" if more else ""
+            raise CocoFormatError(f"{self.source}: {detail} ({reason}){tail}")
+
+    def add(self, reason: str, example: str | None = None, n: int = 1) -> None:
+        if reason not in REASONS:
+            raise KeyError(f"unknown load-report reason {reason!r}")
+        if n <= 0:
+            return
+        self.counts[reason] = self.counts.get(reason, 0) + n
+        if example is not None:
+            ex = self.examples.setdefault(reason, [])
+            if len(ex) < _MAX_EXAMPLES:
+                ex.append(example)
+
+    @property
+    def skipped(self) -> int:
+        return sum(n for r, n in self.counts.items() if REASONS[r][0] == "skipped")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for stats.json)."""
+        return {
+            "source": self.source,
+            **self.totals,
+            "skipped": self.skipped,
+            "reasons": {
+                r: {"action": REASONS[r][0], "count": n, "examples": list(self.examples.get(r, []))}
+                for r, n in sorted(self.counts.items())
+            },
+        }
+
+    def format(self) -> str:
+        """Human-readable lines, one per reason, with the first example."""
+        head = ", ".join(f"{k} {v}" for k, v in self.totals.items())
+        lines = [f"{self.source}: {head}" if self.source else head]
+        if not self.counts:
+            lines.append("  no problems found")
+        for r, n in sorted(self.counts.items(), key=lambda kv: (REASONS[kv[0]][0], kv[0])):
+            action, desc = REASONS[r]
+            ex = self.examples.get(r)
+            lines.append(f"  {action:8s} {n:8d}  {r}: {desc}" + (f"  (e.g. {ex[0]})" if ex else ""))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    file_name: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ImageAnnotations:
+    """The annotations of one image, as read-only arrays (boxes xyxy, original pixels)."""
+
+    boxes: np.ndarray  # (N, 4) float64
+    category_ids: np.ndarray  # (N,) int64, dataset ids
+    iscrowd: np.ndarray  # (N,) bool
+    ann_ids: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def _is_int(v: Any) -> bool:
+    return (type(v) is int) or (type(v) is float and v.is_integer())
+
+
+def _is_num(v: Any) -> bool:
+    return type(v) is int or type(v) is float
+
+
+def _read_top(source: str | os.PathLike[str] | Mapping[str, Any] | list) -> tuple[str, Any]:
+    if isinstance(source, Mapping | list):
+        return "<memory>", source
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return str(path), read_json(path)
+
+
+def _group(keys: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable order that sorts ``keys`` (0..n_groups-1) and the offsets of each group."""
+    order = np.argsort(keys, kind="stable")
+    offsets = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys, minlength=n_groups), out=offsets[1:])
+    return order, offsets
+
+
+def _readonly(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        a.setflags(write=False)
+
+
+class _IdIndex:
+    """Vectorised lookup of arbitrary integer ids -> positions."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of ``ids``; -1 where unknown."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.sorted) == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(self.sorted, ids)
+        pos_c = np.minimum(pos, len(self.sorted) - 1)
+        found = self.sorted[pos_c] == ids
+        return np.where(found, self.order[pos_c], -1)
+
+
+def _clip_and_check_outside(
+    boxes: np.ndarray, img_w: np.ndarray, img_h: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip xyxy boxes to their images; return (clipped boxes, was_clipped, fully_outside)."""
+    clipped = boxes.copy()
+    clipped[:, 0] = np.clip(boxes[:, 0], 0, img_w)
+    clipped[:, 2] = np.clip(boxes[:, 2], 0, img_w)
+    clipped[:, 1] = np.clip(boxes[:, 1], 0, img_h)
+    clipped[:, 3] = np.clip(boxes[:, 3], 0, img_h)
+    outside = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    was_clipped = np.any(clipped != boxes, axis=1) & ~outside
+    return clipped, was_clipped, outside
+
+
+class CocoDataset:
+    """A validated COCO instances file. See the module docstring for the bad-input policy."""
+
+    def __init__(
+        self,
+        images: list[ImageRecord],
+        categories: list[dict[str, Any]],
+        boxes: np.ndarray,
+        category_ids: np.ndarray,
+        iscrowd: np.ndarray,
+        ann_ids: np.ndarray,
+        image_index: np.ndarray,
+        report: LoadReport,
+    ) -> None:
+        self.images = images
+        self.categories = categories
+        self.report = report
+        self.image_ids = np.array([im.id for im in images], dtype=np.int64)
+        self.widths = np.array([im.width for im in images], dtype=np.int64)
+        self.heights = np.array([im.height for im in images], dtype=np.int64)
+        self._image_index = _IdIndex(self.image_ids)
+        cat_ids = np.array([c["id"] for c in categories], dtype=np.int64)
+        self.category_ids = np.sort(cat_ids)
+        self._category_index = _IdIndex(self.category_ids)
+        order, self._offsets = _group(image_index, len(images))
+        self._boxes = boxes[order]
+        self._cats = category_ids[order]
+        self._crowd = iscrowd[order]
+        self._ann_ids = ann_ids[order]
+        _readonly(
+            self.image_ids, self.widths, self.heights, self.category_ids, self._offsets,
+            self._boxes, self._cats, self._crowd, self._ann_ids,
+        )  # fmt: skip
+        by_id = {int(c["id"]): c for c in categories}
+        self.category_names = [str(by_id[int(i)].get("name", i)) for i in self.category_ids]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    @property
+    def num_annotations(self) -> int:
+        return len(self._boxes)
+
+    def index_of(self, image_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Positions in :attr:`images` of ``image_ids`` (-1 where unknown)."""
+        return self._image_index.find(np.asarray(image_ids, dtype=np.int64))
+
+    def image(self, image_id: int) -> ImageRecord:
+        i = int(self.index_of([image_id])[0])
+        if i < 0:
+            raise KeyError(f"unknown image id {image_id}")
+        return self.images[i]
+
+    def annotations(self, image_id: int) -> ImageAnnotations:
+        i = int(self.index_of([image_id])[0])
+        if i < 0:
+            raise KeyError(f"unknown image id {image_id}")
+        return self.annotations_at(i)
+
+    def annotations_at(self, index: int) -> ImageAnnotations:
+        """Annotations of ``images[index]`` (no id lookup)."""
+        a, b = self._offsets[index], self._offsets[index + 1]
+        return ImageAnnotations(self._boxes[a:b], self._cats[a:b], self._crowd[a:b], self._ann_ids[a:b])
+
+    def label_of(self, category_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Dataset category ids -> contiguous labels 1..C. Unknown ids raise ``ValueError``."""
+        ids = np.asarray(category_ids, dtype=np.int64)
+        pos = self._category_index.find(ids)
+        if np.any(pos < 0):
+            raise ValueError(f"unknown category id(s) {np.unique(ids[pos < 0])[:10].tolist()}")
+        return (pos + 1).astype(np.int64)
+
+    def category_of(self, labels: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Contiguous labels 1..C -> dataset category ids. Other labels raise ``ValueError``."""
+        lab = np.asarray(labels, dtype=np.int64)
+        bad = (lab < 1) | (lab > len(self.category_ids))
+        if np.any(bad):
+            raise ValueError(
+                f"label(s) {np.unique(lab[bad])[:10].tolist()} outside 1..{len(self.category_ids)}"
+            )
+        return self.category_ids[lab - 1]
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "images": len(self.images),
+            "annotations": self.num_annotations,
+            "crowd": int(self._crowd.sum()),
+            "categories": self.num_classes,
+        }
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _fail(source: str, where: str, problem: str) -> CocoFormatError:
+    return CocoFormatError(f"{source}: {where}: {problem}")
+
+
+def _parse_images(source: str, images: list) -> list[ImageRecord]:
+    out: list[ImageRecord] = []
+    seen: dict[int, int] = {}
+    for i, im in enumerate(images):
+        if not isinstance(im, Mapping):
+            raise _fail(source, f"images[{i}]", f"expected an object, got {type(im).__name__}")
+        where = f"images[{i}] (id={im.get('id')!r})"
+        missing = [k for k in ("id", "width", "height", "file_name") if k not in im]
+        if missing:
+            raise _fail(source, where, f"missing key(s) {missing}")
+        if not _is_int(im["id"]):
+            raise _fail(source, where, f"id must be an integer, got {im['id']!r}")
+        w, h = im["width"], im["height"]
+        if not (_is_num(w) and _is_num(h) and math.isfinite(w) and math.isfinite(h)):
+            raise _fail(source, where, f"width/height must be numbers, got {w!r} x {h!r}")
+        if w <= 0 or h <= 0:
+            raise _fail(source, where, f"non-positive image size {w} x {h}")
+        if not isinstance(im["file_name"], str) or not im["file_name"]:
+            raise _fail(source, where, f"file_name must be a non-empty string, got {im['file_name']!r}")
+        iid = int(im["id"])
+        if iid in seen:
+            raise _fail(source, where, f"duplicate image id (first at images[{seen[iid]}])")
+        seen[iid] = i
+        out.append(ImageRecord(iid, im["file_name"], int(round(w)), int(round(h))))
+    return out
+
+
+def _parse_categories(source: str, categories: list) -> list[dict[str, Any]]:
+    seen: dict[int, int] = {}
+    for i, c in enumerate(categories):
+        if not isinstance(c, Mapping):
+            raise _fail(source, f"categories[{i}]", f"expected an object, got {type(c).__name__}")
+        where = f"categories[{i}] (id={c.get('id')!r}, name={c.get('name')!r})"
+        if "id" not in c:
+            raise _fail(source, where, "missing key 'id'")
+        if not _is_int(c["id"]):
+            raise _fail(source, where, f"id must be an integer, got {c['id']!r}")
+        cid = int(c["id"])
+        if cid in seen:
+            raise _fail(source, where, f"duplicate category id (first at categories[{seen[cid]}])")
+        seen[cid] = i
+    return [dict(c, id=int(c["id"])) for c in categories]
+
+
+_NUMBER_TYPES = {int, float}
+
+
+def _fast_columns(records: list, need_category: bool, need_score: bool) -> tuple[Any, ...] | None:
+    """Column extraction with C-level type checks; None when any record needs the careful path."""
+    try:
+        if set(map(type, records)) - {dict}:
+            return None
+        bbs = [a["bbox"] for a in records]
+        img = [a["image_id"] for a in records]
+        cat = (
+            [a["category_id"] for a in records]
+            if need_category
+            else [a.get("category_id", 1) for a in records]
+        )
+        score = [a["score"] for a in records] if need_score else [a.get("score", 1.0) for a in records]
+        ids = [a["id"] for a in records] if not need_score else [a.get("id", 0) for a in records]
+    except KeyError:
+        return None
+    if (
+        set(map(type, bbs)) - {list}
+        or set(map(len, bbs)) - {4}
+        or set(map(type, itertools.chain.from_iterable(bbs))) - _NUMBER_TYPES
+        or set(map(type, itertools.chain(img, cat, ids))) - {int}
+        or set(map(type, score)) - _NUMBER_TYPES
+    ):
+        return None
+    crowd = np.array([bool(a.get("iscrowd", 0)) for a in records], dtype=bool)
+    n = len(records)
+    return (
+        np.fromiter(itertools.chain.from_iterable(bbs), dtype=np.float64, count=4 * n).reshape(n, 4),
+        np.fromiter(img, dtype=np.int64, count=n),
+        np.fromiter(cat, dtype=np.int64, count=n),
+        np.fromiter(score, dtype=np.float64, count=n),
+        crowd,
+        np.fromiter(ids, dtype=np.int64, count=n),
+        np.ones(n, dtype=bool),
+        [],
+        np.ones(n, dtype=bool),
+    )
+
+
+def _parse_records(records: list, *, kind: str, need_category: bool, need_score: bool) -> tuple[Any, ...]:
+    """One pass over annotation-like records.
+
+    Returns (xywh, image_ids, category_ids, scores, iscrowd, ann_ids, has_id, skips, valid);
+    rows of skipped records hold zeros and ``valid`` is False there; ``ann_ids`` is -1
+    where ``has_id`` is False.
+    """
+    fast = _fast_columns(records, need_category, need_score)
+    if fast is not None:
+        return fast
+    n = len(records)
+    xywh = np.zeros((n, 4), dtype=np.float64)
+    image_ids = np.zeros(n, dtype=np.int64)
+    cat_ids = np.ones(n, dtype=np.int64)
+    scores = np.ones(n, dtype=np.float64)
+    crowd = np.zeros(n, dtype=bool)
+    ids: list[int | None] = [None] * n
+    skips: list[tuple[int, _Skip]] = []
+    rows_xywh: list[list[float]] = []
+    rows_img: list[int] = []
+    rows_cat: list[int] = []
+    rows_score: list[float] = []
+    rows_crowd: list[bool] = []
+    kept: list[int] = []
+    required = (
+        ["bbox", "image_id"] + (["category_id"] if need_category else []) + (["score"] if need_score else [])
+    )
+    for i, a in enumerate(records):
+        try:
+            if type(a) is not dict:
+                raise _Skip("missing_field", f"{kind}[{i}]: expected an object, got {type(a).__name__}")
+            missing = [k for k in required if k not in a]
+            if missing:
+                raise _Skip("missing_field", f"{kind}[{i}] (id={a.get('id')!r}): missing {missing}")
+            bb = a["bbox"]
+            if type(bb) is not list or len(bb) != 4 or not all(_is_num(v) for v in bb):
+                raise _Skip("malformed", f"{kind}[{i}] (id={a.get('id')!r}): bbox {bb!r} is not 4 numbers")
+            img = a["image_id"]
+            if not _is_int(img):
+                raise _Skip(
+                    "malformed", f"{kind}[{i}] (id={a.get('id')!r}): image_id {img!r} is not an integer"
+                )
+            cat = a.get("category_id", 1)
+            if not _is_int(cat):
+                raise _Skip(
+                    "malformed", f"{kind}[{i}] (id={a.get('id')!r}): category_id {cat!r} is not an integer"
+                )
+            score = a.get("score", 1.0)
+            if not _is_num(score):
+                raise _Skip("malformed", f"{kind}[{i}] (id={a.get('id')!r}): score {score!r} is not a number")
+            aid = a.get("id")
+            if aid is not None and not _is_int(aid):
+                raise _Skip("malformed", f"{kind}[{i}] (id={aid!r}): id is not an integer")
+        except _Skip as s:
+            skips.append((i, s))
+            continue
+        kept.append(i)
+        rows_xywh.append(bb)
+        rows_img.append(int(img))
+        rows_cat.append(int(cat))
+        rows_score.append(float(score))
+        rows_crowd.append(bool(a.get("iscrowd", 0)))
+        ids[i] = None if aid is None else int(aid)
+    k = np.asarray(kept, dtype=np.int64)
+    if len(k):
+        xywh[k] = np.asarray(rows_xywh, dtype=np.float64)
+        image_ids[k] = rows_img
+        cat_ids[k] = rows_cat
+        scores[k] = rows_score
+        crowd[k] = rows_crowd
+    valid = np.zeros(n, dtype=bool)
+    valid[k] = True
+    has_id = np.array([v is not None for v in ids], dtype=bool)
+    ann_ids = np.array([-1 if v is None else v for v in ids], dtype=np.int64)
+    return xywh, image_ids, cat_ids, scores, crowd, ann_ids, has_id, skips, valid
+
+
+def _validate_boxes(
+    kind: str,
+    report: LoadReport,
+    records: list,
+    xywh: np.ndarray,
+    image_ids: np.ndarray,
+    scores: np.ndarray,
+    valid: np.ndarray,
+    image_pos: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised numeric checks shared by annotations and results; returns (xyxy, keep mask)."""
+
+    def rid(i: int) -> str:
+        a = records[i]
+        return f"{kind}[{i}] (id={a.get('id')!r}, image_id={a.get('image_id')!r})"
+
+    def skip_mask(mask: np.ndarray, reason: str, describe) -> None:
+        idx = np.flatnonzero(mask)
+        if len(idx) == 0:
+            return
+        for j in idx[:_MAX_EXAMPLES]:
+            report.skip(int(j), reason, describe(int(j)))
+        report.add(reason, None, n=len(idx) - min(len(idx), _MAX_EXAMPLES))
+        valid[idx] = False
+
+    finite = np.all(np.isfinite(xywh), axis=1) & np.isfinite(scores)
+    skip_mask(valid & ~finite, "non_finite", lambda i: f"{rid(i)}: bbox {records[i]['bbox']!r}")
+    positive = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
+    skip_mask(valid & ~positive, "non_positive_size", lambda i: f"{rid(i)}: bbox {records[i]['bbox']!r}")
+    skip_mask(valid & (image_pos < 0), "unknown_image", lambda i: f"{rid(i)}: unknown image_id")
+    # Records that are already invalid point at a dummy 1x1 image so the arrays stay aligned.
+    widths = np.append(widths, 1.0)
+    heights = np.append(heights, 1.0)
+    pos = np.where(valid, image_pos, len(widths) - 1)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    clipped, was_clipped, outside = _clip_and_check_outside(xyxy, widths[pos], heights[pos])
+    skip_mask(
+        valid & outside,
+        "outside_image",
+        lambda i: f"{rid(i)}: bbox {records[i]['bbox']!r} outside {widths[pos[i]]}x{heights[pos[i]]} image",
+    )
+    fix = valid & was_clipped
+    for j in np.flatnonzero(fix)[:_MAX_EXAMPLES]:
+        report.add(
+            "clipped",
+            f"{rid(int(j))}: bbox {records[j]['bbox']!r} in {widths[pos[j]]}x{heights[pos[j]]} image",
+        )
+    report.add("clipped", None, n=int(fix.sum()) - min(int(fix.sum()), _MAX_EXAMPLES))
+    return clipped, valid
+
+
+def load_coco(path: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = False) -> CocoDataset:
+    """Read and validate a COCO instances JSON file (or an already-parsed dict)."""
+    source, data = _read_top(path)
+    if not isinstance(data, Mapping):
+        raise CocoFormatError(f"{source}: expected a JSON object at the top level, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise CocoFormatError(f"{source}: missing top-level key '{key}'")
+        if not isinstance(data[key], list):
+            raise CocoFormatError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
+    images = _parse_images(source, data["images"])
+    categories = _parse_categories(source, data["categories"])
+    report = LoadReport(source=source)
+    records = data["annotations"]
+    xywh, image_ids, cat_ids, _scores, crowd, ann_ids, has_id, skips, valid = _parse_records(
+        records, kind="annotations", need_category=True, need_score=False
+    )
+    for i, s in skips:
+        report.skip(i, s.reason, s.detail)
+
+    img_ids = np.array([im.id for im in images], dtype=np.int64)
+    widths = np.array([im.width for im in images], dtype=np.float64)
+    heights = np.array([im.height for im in images], dtype=np.float64)
+    image_pos = _IdIndex(img_ids).find(image_ids)
+    xyxy, valid = _validate_boxes(
+        "annotations", report, records, xywh, image_ids, _scores, valid, image_pos, widths, heights
+    )
+    cat_index = _IdIndex(np.array([c["id"] for c in categories], dtype=np.int64))
+    unknown_cat = valid & (cat_index.find(cat_ids) < 0)
+    for j in np.flatnonzero(unknown_cat):
+        report.skip(
+            int(j), "unknown_category",
+            f"annotations[{j}] (id={records[j].get('id')!r}): unknown category_id {records[j]['category_id']!r}",
+        )  # fmt: skip
+    valid &= ~unknown_cat
+
+    # Annotation ids: duplicates among valid records are skipped (first kept); missing ids assigned.
+    has_id = valid & has_id
+    idx = np.flatnonzero(has_id)
+    if len(idx):
+        _, first = np.unique(ann_ids[idx], return_index=True)
+        dup = np.ones(len(idx), dtype=bool)
+        dup[first] = False
+        for j in idx[dup]:
+            report.skip(
+                int(j), "duplicate_id",
+                f"annotations[{j}] (id={ann_ids[j]}, image_id={records[j]['image_id']!r}): duplicate annotation id",
+            )  # fmt: skip
+        valid[idx[dup]] = False
+    need_id = np.flatnonzero(valid & ~has_id)
+    if len(need_id):
+        start = int(ann_ids[valid & has_id].max()) + 1 if np.any(valid & has_id) else 1
+        ann_ids[need_id] = np.arange(start, start + len(need_id))
+        for j in need_id[:_MAX_EXAMPLES]:
+            report.add(
+                "assigned_id", f"annotations[{j}] (image_id={records[j]['image_id']!r}) -> id {ann_ids[j]}"
+            )
+        report.add("assigned_id", None, n=len(need_id) - min(len(need_id), _MAX_EXAMPLES))
+
+    if strict:
+        report.raise_first_skip()
+    keep = np.flatnonzero(valid)
+    counts = np.bincount(image_pos[keep], minlength=len(images))
+    empty = np.flatnonzero(counts == 0)
+    for j in empty[:_MAX_EXAMPLES]:
+        report.add(
+            "images_without_annotations",
+            f"images[{j}] (id={images[j].id}, file_name={images[j].file_name!r})",
+        )
+    report.add("images_without_annotations", None, n=len(empty) - min(len(empty), _MAX_EXAMPLES))
+
+    ds = CocoDataset(
+        images, categories, xyxy[keep], cat_ids[keep], crowd[keep], ann_ids[keep], image_pos[keep], report
+    )
+    report.totals = {
+        "images": len(images),
+        "annotations_read": len(records),
+        "annotations_kept": len(keep),
+        "crowd": int(crowd[keep].sum()),
+        "categories": len(categories),
+    }
+    return ds
+
+
+# ------------------------------------------------------------------ results (proposals, detections)
+
+
+class CocoResults:
+    """COCO results-style records grouped by image: boxes xyxy (original px), scores, category ids."""
+
+    def __init__(
+        self,
+        dataset: CocoDataset,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        category_ids: np.ndarray,
+        image_index: np.ndarray,
+        report: LoadReport,
+    ) -> None:
+        self.report = report
+        self._dataset_index = dataset._image_index
+        order, self._offsets = _group(image_index, len(dataset.images))
+        self._boxes = boxes[order]
+        self._scores = scores[order]
+        self._cats = category_ids[order]
+        _readonly(self._offsets, self._boxes, self._scores, self._cats)
+
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+    def at(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes, scores, category_ids) of the dataset's ``images[index]``."""
+        a, b = self._offsets[index], self._offsets[index + 1]
+        return self._boxes[a:b], self._scores[a:b], self._cats[a:b]
+
+    def for_image(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i = int(self._dataset_index.find([image_id])[0])
+        if i < 0:
+            raise KeyError(f"unknown image id {image_id}")
+        return self.at(i)
+
+
+def load_results(
+    path: str | os.PathLike[str] | list,
+    dataset: CocoDataset,
+    *,
+    strict: bool = False,
+    need_category: bool = False,
+) -> CocoResults:
+    """Read results JSON ``[{image_id, bbox: [x, y, w, h], score[, category_id]}]`` against ``dataset``.
+
+    Same policy as :func:`load_coco`: a file that is not a JSON list is an error; bad
+    records are skipped and counted (unknown image ids under ``unknown_image``), boxes
+    partly outside their image are clipped and counted. ``category_id`` defaults to 1
+    (proposals); with ``need_category`` it must be present and known to ``dataset``.
+    """
+    source, records = _read_top(path)
+    if not isinstance(records, list):
+        raise CocoFormatError(f"{source}: expected a JSON list of results, got {type(records).__name__}")
+    report = LoadReport(source=source)
+    xywh, image_ids, cat_ids, scores, _crowd, _ids, _has_id, skips, valid = _parse_records(
+        records, kind="results", need_category=need_category, need_score=True
+    )
+    for i, s in skips:
+        report.skip(i, s.reason, s.detail)
+    image_pos = dataset._image_index.find(image_ids)
+    xyxy, valid = _validate_boxes(
+        "results",
+        report,
+        records,
+        xywh,
+        image_ids,
+        scores,
+        valid,
+        image_pos,
+        dataset.widths.astype(np.float64),
+        dataset.heights.astype(np.float64),
+    )
+    if need_category:
+        unknown = valid & (_IdIndex(dataset.category_ids).find(cat_ids) < 0)
+        for j in np.flatnonzero(unknown):
+            report.skip(int(j), "unknown_category", f"results[{j}]: unknown category_id {cat_ids[j]}")
+        valid &= ~unknown
+    if strict:
+        report.raise_first_skip()
+    keep = np.flatnonzero(valid)
+    report.totals = {"results_read": len(records), "results_kept": len(keep)}
+    return CocoResults(dataset, xyxy[keep], scores[keep], cat_ids[keep], image_pos[keep], report)

@@ -1,0 +1,335 @@
+"""Which chips an epoch trains on, in which order, on which rank and DataLoader worker.
+
+* :class:`ChipTable`: every chip of a dataset as flat arrays (the columns of ``chips.parquet``).
+* :func:`epoch_plan`: all positive chips plus up to ``n`` sampled negatives per image
+  (``sniper.chips.sample_negatives``), grouped into *runs* (all chips of one image, finest
+  scale first, so one decode serves them all), runs shuffled, reproducible from
+  ``(seed, epoch)``; split into equal contiguous shards per rank (wrapping round so DDP stays
+  in step); each chip's flip is a hash of ``(seed, epoch, chip)``, independent of the order.
+* :class:`ChipBatchSampler`: batches of one rank's shard, laid out so that DataLoader worker
+  ``k`` (which receives batches ``k, k + W, ...``) gets one contiguous stretch of the shard;
+  ``start`` skips exactly the items already consumed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["ChipBatchSampler", "ChipKey", "ChipTable", "EpochPlan", "epoch_plan", "flip_bits"]
+
+CHIP_COLUMNS = ("image_id", "kind", "scale", "scale_index", "x1", "y1", "x2", "y2")
+
+
+class ChipKey(NamedTuple):
+    """What a sampler hands the dataset: row ``index`` of the chip table, mirrored or not."""
+
+    index: int
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class ChipTable:
+    """Chips as arrays; row ``i`` is one chip in original coordinates."""
+
+    image_id: np.ndarray  # (M,) int64
+    is_neg: np.ndarray  # (M,) bool
+    scale: np.ndarray  # (M,) float64 resize factor
+    scale_index: np.ndarray  # (M,) int64
+    boxes: np.ndarray  # (M, 4) float64 x1, y1, x2, y2, original px
+
+    def __post_init__(self) -> None:
+        m = len(self.image_id)
+        for name in ("is_neg", "scale", "scale_index", "boxes"):
+            if len(getattr(self, name)) != m:
+                raise ValueError(f"ChipTable.{name} has {len(getattr(self, name))} rows, image_id has {m}")
+        if self.boxes.shape != (m, 4):
+            raise ValueError(f"ChipTable.boxes must be (M, 4), got {self.boxes.shape}")
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    @classmethod
+    def from_columns(cls, cols: Mapping[str, Any]) -> ChipTable:
+        missing = [c for c in CHIP_COLUMNS if c not in cols]
+        if missing:
+            raise ValueError(f"chip table lacks column(s) {missing}; expected {list(CHIP_COLUMNS)}")
+        kind = np.asarray(cols["kind"])
+        if kind.dtype == bool:
+            is_neg = kind
+        else:
+            kind = kind.astype(str)
+            bad = ~np.isin(kind, ["pos", "neg"])
+            if bad.any():
+                raise ValueError(f"chip kind must be 'pos' or 'neg', got {sorted(set(kind[bad].tolist()))[:5]}")
+            is_neg = kind == "neg"
+        boxes = np.stack([np.asarray(cols[c], dtype=np.float64) for c in ("x1", "y1", "x2", "y2")], axis=1)
+        return cls(
+            image_id=np.asarray(cols["image_id"], dtype=np.int64),
+            is_neg=np.asarray(is_neg, dtype=bool),
+            scale=np.asarray(cols["scale"], dtype=np.float64),
+            scale_index=np.asarray(cols["scale_index"], dtype=np.int64),
+            boxes=boxes.reshape(-1, 4),
+        )
+
+    @classmethod
+    def read_parquet(cls, path: str | Path) -> ChipTable:
+        """Read ``chips.parquet`` (``sniper chips`` output); a folder means ``folder/chips.parquet``."""
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "chips.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such chips file (run `sniper chips` first)")
+        table = pq.read_table(path)
+        try:
+            return cls.from_columns({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_image_chips(cls, chips: Mapping[int, Any] | list[Any]) -> ChipTable:
+        """From ``sniper.chips.ImageChips`` objects (one per image; a mapping or a list)."""
+        items = list(chips.values()) if isinstance(chips, Mapping) else list(chips)
+        cols: dict[str, list[np.ndarray]] = {c: [] for c in ("image_id", "kind", "scale", "scale_index", "boxes")}
+        for ic in items:
+            n = len(ic.boxes)
+            cols["image_id"].append(np.full(n, int(ic.image_id), dtype=np.int64))
+            kind = np.asarray(ic.kind)
+            cols["kind"].append(kind if kind.dtype == bool else (kind.astype(str) == "neg"))
+            cols["scale"].append(np.asarray(ic.scale, dtype=np.float64))
+            cols["scale_index"].append(np.asarray(ic.scale_index, dtype=np.int64))
+            cols["boxes"].append(np.asarray(ic.boxes, dtype=np.float64).reshape(-1, 4))
+        if not items:
+            return cls.empty()
+        return cls(
+            image_id=np.concatenate(cols["image_id"]),
+            is_neg=np.concatenate(cols["kind"]).astype(bool),
+            scale=np.concatenate(cols["scale"]),
+            scale_index=np.concatenate(cols["scale_index"]),
+            boxes=np.concatenate(cols["boxes"]),
+        )
+
+    @classmethod
+    def empty(cls) -> ChipTable:
+        return cls(
+            np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int64), np.zeros((0, 4))
+        )
+
+    def select(self, mask_or_index: np.ndarray) -> ChipTable:
+        return ChipTable(
+            self.image_id[mask_or_index],
+            self.is_neg[mask_or_index],
+            self.scale[mask_or_index],
+            self.scale_index[mask_or_index],
+            self.boxes[mask_or_index],
+        )
+
+
+# ---------------------------------------------------------------- epoch plan
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def flip_bits(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
+    """A fair coin per chip, a pure function of ``(seed, epoch, chip index)``."""
+    with np.errstate(over="ignore"):
+        base = _splitmix64(np.array([seed & 0xFFFFFFFF], dtype=np.uint64))[0] ^ np.uint64(epoch & 0xFFFFFFFF)
+    h = _splitmix64(np.asarray(index, dtype=np.uint64) ^ _splitmix64(np.array([base]))[0])
+    return (h >> np.uint64(63)).astype(bool)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """The chips of one epoch for one rank, in consumption order (before worker layout)."""
+
+    index: np.ndarray  # (T,) int64 rows of the chip table
+    flip: np.ndarray  # (T,) bool
+    total: int  # distinct chips in the epoch over all ranks (before wrapping)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def keys(self) -> list[ChipKey]:
+        return [ChipKey(int(i), bool(f)) for i, f in zip(self.index, self.flip)]
+
+
+def _sampled_negatives(table: ChipTable, n: int, seed: int, epoch: int) -> np.ndarray:
+    """Rows of the negative chips chosen for this epoch: up to ``n`` per image.
+
+    The choice is the chip engine's own :func:`sniper.chips.sample_negatives`; each image's pool
+    is handed over with ``count`` set to table rows, which come back with the chosen chips.
+    """
+    from sniper.chips import ImageChips, sample_negatives
+
+    neg = np.flatnonzero(table.is_neg)
+    if n <= 0 or len(neg) == 0:
+        return np.zeros(0, dtype=np.int64)
+    neg = neg[np.argsort(table.image_id[neg], kind="stable")]
+    cuts = np.flatnonzero(np.diff(table.image_id[neg])) + 1
+    chosen = []
+    for rows in np.split(neg, cuts):
+        f = table.scale[rows]
+        pool = ImageChips(
+            image_id=int(table.image_id[rows[0]]),
+            boxes=table.boxes[rows],
+            scale=f,
+            scale_index=table.scale_index[rows],
+            negative=np.ones(len(rows), dtype=bool),
+            windows=np.rint(table.boxes[rows] * f[:, None]).astype(np.int64),
+            count=rows.astype(np.int64),
+        )
+        picked = sample_negatives(pool, n, seed=seed, epoch=epoch, image_id=pool.image_id)
+        chosen.append(np.asarray(picked.count, dtype=np.int64))
+    return np.concatenate(chosen)
+
+
+def epoch_plan(
+    table: ChipTable,
+    *,
+    seed: int,
+    epoch: int,
+    negatives: bool = True,
+    neg_per_image: int = 2,
+    flip: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> EpochPlan:
+    """This rank's chips for ``epoch``; see the module docstring for the rules."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    rows = np.flatnonzero(~table.is_neg)
+    if negatives:
+        rows = np.concatenate([rows, _sampled_negatives(table, neg_per_image, seed, epoch)])
+    # Runs: chips of one image together, finest scale first (a full-resolution decode serves the rest).
+    order = np.lexsort((rows, -table.scale[rows], table.image_id[rows]))
+    rows = rows[order]
+    ids = table.image_id[rows]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(ids)) + 1]) if len(rows) else np.zeros(0, np.int64)
+    lengths = np.diff(np.concatenate([starts, [len(rows)]]))
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0x5A1D])
+    perm = rng.permutation(len(starts))
+    if len(perm):
+        rows = np.concatenate([rows[starts[p] : starts[p] + lengths[p]] for p in perm])
+    total = len(rows)
+    per_rank = math.ceil(total / world_size) if total else 0
+    # Wrap round so every rank has the same number of items (DDP steps stay in sync).
+    padded = np.resize(rows, per_rank * world_size) if total else rows
+    mine = padded[rank * per_rank : (rank + 1) * per_rank].astype(np.int64)
+    flips = flip_bits(seed, epoch, mine) if flip else np.zeros(len(mine), dtype=bool)
+    return EpochPlan(mine, flips, total)
+
+
+# ---------------------------------------------------------------- batching
+
+
+def worker_batches(n_items: int, batch_size: int, num_workers: int, drop_last: bool = False) -> list[range]:
+    """Batches (ranges of plan positions) in the order a DataLoader with ``num_workers`` should get them.
+
+    The plan is cut into consecutive batches, the batches into ``W`` contiguous streams (longest
+    first), and the streams interleaved: the DataLoader's round robin then hands worker ``k``
+    stream ``k``, so a worker's chips of one image arrive back to back and hit its image cache.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n_batches = n_items // batch_size if drop_last else math.ceil(n_items / batch_size)
+    batches = [range(b * batch_size, min((b + 1) * batch_size, n_items)) for b in range(n_batches)]
+    w = max(1, num_workers)
+    q, r = divmod(n_batches, w)
+    streams, pos = [], 0
+    for k in range(w):
+        size = q + (1 if k < r else 0)
+        streams.append(batches[pos : pos + size])
+        pos += size
+    out = []
+    for i in range(q + (1 if r else 0)):
+        out.extend(s[i] for s in streams if i < len(s))
+    return out
+
+
+class ChipBatchSampler(Sampler[list[ChipKey]]):
+    """Batch sampler over the epoch plan of one rank (pass as ``DataLoader(batch_sampler=...)``).
+
+    ``set_epoch(epoch, start)`` selects the epoch and skips its first ``start`` items (in the order
+    batches are yielded), so a resumed run continues exactly where it stopped.
+    """
+
+    def __init__(
+        self,
+        table: ChipTable,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        negatives: bool = True,
+        neg_per_image: int = 2,
+        flip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.table = table
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.negatives = negatives
+        self.neg_per_image = neg_per_image
+        self.flip = flip
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.epoch = int(epoch)
+        self.start = int(start)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return epoch_plan(
+            self.table,
+            seed=self.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            negatives=self.negatives,
+            neg_per_image=self.neg_per_image,
+            flip=self.flip,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    def epoch_batches(self, epoch: int | None = None, start: int | None = None) -> list[list[ChipKey]]:
+        """All batches of the epoch from item ``start`` on, as lists of keys."""
+        plan = self.plan(epoch)
+        start = self.start if start is None else start
+        out: list[list[ChipKey]] = []
+        skipped = 0
+        for rng in worker_batches(len(plan), self.batch_size, self.num_workers, self.drop_last):
+            if skipped + len(rng) <= start:
+                skipped += len(rng)
+                continue
+            keep = rng[start - skipped :] if skipped < start else rng
+            skipped = start
+            out.append([ChipKey(int(plan.index[i]), bool(plan.flip[i])) for i in keep])
+        return out
+
+    def __iter__(self) -> Iterator[list[ChipKey]]:
+        yield from self.epoch_batches()
+
+    def __len__(self) -> int:
+        return len(self.epoch_batches())

@@ -1,0 +1,70 @@
+"""``build_model(cfg, num_classes)``: the one place where ModelConfig becomes modules."""
+
+from __future__ import annotations
+
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from sniper.config import ModelConfig
+from sniper.errors import SniperError
+from sniper.model.backbones import SniperBackbone, build_backbone
+from sniper.model.detector import SniperFasterRCNN
+from sniper.model.roi_heads import SniperBoxPredictor, SniperRoIHeads
+from sniper.model.rpn import Fp32AnchorGenerator, SniperRPN, SniperRPNHead
+
+__all__ = ["build_anchor_generator", "build_model"]
+
+
+def build_anchor_generator(cfg: ModelConfig, backbone: SniperBackbone) -> Fp32AnchorGenerator:
+    """All sizes x ratios on a single map; with several maps (FPN) the sizes are split evenly
+    over the levels, finest first."""
+    sizes = [float(s) for s in cfg.anchor_sizes]
+    ratios = tuple(float(r) for r in cfg.aspect_ratios)
+    levels = len(backbone.rpn_features)
+    if not sizes or not ratios:
+        raise SniperError("model.anchor_sizes and model.aspect_ratios must not be empty")
+    if len(sizes) % levels:
+        raise SniperError(
+            f"model.anchor_sizes has {len(sizes)} sizes; {cfg.backbone} has {levels} RPN levels, "
+            f"so give a multiple of {levels} (one group per level, finest first)"
+        )
+    per = len(sizes) // levels
+    size_groups = tuple(tuple(sizes[i * per : (i + 1) * per]) for i in range(levels))
+    return Fp32AnchorGenerator(size_groups, (ratios,) * levels)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
+    """SNIPER Faster R-CNN for ``num_classes`` object classes (background excluded)."""
+    if num_classes < 1:
+        raise SniperError(f"num_classes must be >= 1, got {num_classes}")
+    backbone = build_backbone(cfg)
+    anchors = build_anchor_generator(cfg, backbone)
+    rpn = SniperRPN(
+        anchors,
+        SniperRPNHead(backbone.rpn_in_channels, cfg.rpn_channels, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=cfg.rpn_fg_iou_thresh,
+        bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+        batch_size_per_image=cfg.rpn_batch_size_per_image,
+        positive_fraction=cfg.rpn_positive_fraction,
+        pre_nms_top_n={"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
+        # training keeps every NMS survivor: the head drops out-of-range ones, then keeps the top n
+        post_nms_top_n={"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
+        nms_thresh=cfg.rpn_nms_thresh,
+        ignore_iou_thresh=cfg.rpn_ignore_iou_thresh,
+    )
+    pool = MultiScaleRoIAlign(backbone.head_features, output_size=7, sampling_ratio=cfg.roi_sampling_ratio)
+    roi_heads = SniperRoIHeads(
+        pool,
+        TwoMLPHead(backbone.head_in_channels * 7 * 7, cfg.fc_dim),
+        SniperBoxPredictor(cfg.fc_dim, num_classes + 1, cfg.class_agnostic_bbox_reg),
+        fg_iou_thresh=cfg.box_fg_iou_thresh,
+        ignore_iou_thresh=cfg.box_ignore_iou_thresh,
+        batch_size_per_image=cfg.box_batch_size_per_image,
+        positive_fraction=cfg.box_positive_fraction,
+        proposals_per_image=cfg.rpn_post_nms_top_n_train,
+        bbox_reg_weights=tuple(cfg.bbox_reg_weights),
+        score_thresh=cfg.box_score_thresh,
+        nms_thresh=cfg.box_nms_thresh,
+        detections_per_img=cfg.box_detections_per_img,
+    )
+    return SniperFasterRCNN(backbone, rpn, roi_heads, num_classes, norm=cfg.norm)

@@ -1,0 +1,136 @@
+"""SniperFasterRCNN: normalise -> backbone -> RPN -> RoI heads, on chips as they come (no resize)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from sniper.errors import SniperError
+from sniper.model.backbones import SniperBackbone
+from sniper.model.roi_heads import SniperRoIHeads
+from sniper.model.rpn import SniperRPN
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SniperFasterRCNN"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SniperFasterRCNN(nn.Module):
+    """Faster R-CNN trained on chips (see ``docs/model.md``).
+
+    ``forward(images, targets=None, image_sizes=None)``:
+      - images: float ``[B, 3, H, W]`` in [0, 1], RGB; never resized, zero-padded on the
+        right/bottom to the backbone's ``size_divisible`` (coordinates unchanged).
+      - image_sizes: ``[(h, w)]`` unpadded extent per image (default: the full tensor).
+      - training: ``targets`` (one dict per image: ``boxes``, ``labels``, ``ignore_boxes``,
+        ``valid_range``) -> dict of losses; only the RPN's when ``rpn_only``.
+      - eval: list of ``{"boxes", "scores", "labels"}`` in input px, clipped to image_sizes.
+    """
+
+    def __init__(
+        self, backbone: SniperBackbone, rpn: SniperRPN, roi_heads: SniperRoIHeads, num_classes: int, norm: str = "bn"
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.num_classes = num_classes
+        self.norm = norm  # "sync_bn": the trainer converts with backbones.convert_sync_batchnorm
+        self.rpn_only = False
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------ inputs
+
+    def preprocess(self, images: Tensor, image_sizes: list[tuple[int, int]] | None) -> ImageList:
+        """Normalise with ImageNet mean/std and pad; an ImageList with the unpadded sizes."""
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise SniperError(f"images must be a float tensor [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        b, _, h, w = images.shape
+        if image_sizes is None:
+            image_sizes = [(h, w)] * b
+        image_sizes = [(int(s[0]), int(s[1])) for s in image_sizes]
+        if len(image_sizes) != b or any(not (0 < sh <= h and 0 < sw <= w) for sh, sw in image_sizes):
+            raise SniperError(f"image_sizes {image_sizes} do not fit a batch of {b} images of {h}x{w}")
+        x = (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
+        d = self.backbone.size_divisible
+        pad_h, pad_w = math.ceil(h / d) * d - h, math.ceil(w / d) * d - w
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return ImageList(x, image_sizes)
+
+    def prepare_targets(self, targets: list[dict[str, Tensor]] | None, batch: int, device) -> list[dict[str, Tensor]]:
+        """Targets as fp32/int64 tensors on ``device`` with defaults for the optional keys; bad
+        boxes or labels raise a SniperError naming the image and the box."""
+        if targets is None or len(targets) != batch:
+            raise SniperError(f"training needs one target dict per image ({batch}), got {targets!r:.80}")
+        out = []
+        for i, t in enumerate(targets):
+            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+            labels = torch.as_tensor(t["labels"], dtype=torch.int64, device=device).reshape(-1)
+            ignore = t.get("ignore_boxes")
+            ignore = (
+                torch.zeros((0, 4), device=device)
+                if ignore is None
+                else torch.as_tensor(ignore, dtype=torch.float32, device=device).reshape(-1, 4)
+            )
+            vr = t.get("valid_range")
+            vr = (
+                torch.tensor([0.0, math.inf], device=device)
+                if vr is None
+                else torch.as_tensor(vr, dtype=torch.float32, device=device).reshape(2)
+            )
+            if labels.numel() != boxes.shape[0]:
+                raise SniperError(f"target {i}: {boxes.shape[0]} boxes but {labels.numel()} labels")
+            bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
+            if bad.any():
+                j = int(torch.where(bad)[0][0])
+                raise SniperError(f"target {i}: box {j} {boxes[j].tolist()} is not finite with x2 > x1, y2 > y1")
+            if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
+                raise SniperError(f"target {i}: labels must be in 1..{self.num_classes}, got {labels.tolist()[:10]}")
+            out.append({"boxes": boxes, "labels": labels, "ignore_boxes": ignore, "valid_range": vr})
+        return out
+
+    # ------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        images: Tensor,
+        targets: list[dict[str, Tensor]] | None = None,
+        image_sizes: list[tuple[int, int]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        image_list = self.preprocess(images, image_sizes)
+        if self.training:
+            targets = self.prepare_targets(targets, images.shape[0], images.device)
+            rpn_only = self.rpn_only
+        else:
+            targets, rpn_only = None, False
+        feats = self.backbone(image_list.tensors, with_head=not rpn_only)
+        rpn_feats = OrderedDict((k, feats[k]) for k in self.backbone.rpn_features)
+        proposals, _, losses = self.rpn(image_list, rpn_feats, targets, need_proposals=not rpn_only)
+        if rpn_only:
+            return losses
+        head_feats = OrderedDict((k, feats[k]) for k in self.backbone.head_features)
+        pool_shapes = [tuple(image_list.tensors.shape[-2:])] * images.shape[0]
+        detections, head_losses = self.roi_heads(head_feats, proposals, image_list.image_sizes, targets, pool_shapes)
+        if self.training:
+            return {**losses, **head_losses}
+        return detections
+
+    @torch.no_grad()
+    def proposals(
+        self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """RPN proposals after NMS per image: ``(boxes [K, 4] input px, objectness probabilities [K])``,
+        best first. Uses the test settings (pre/post NMS top-n) in eval mode."""
+        image_list = self.preprocess(images, image_sizes)
+        feats = self.backbone(image_list.tensors, with_head=False)
+        rpn_feats = OrderedDict((k, feats[k]) for k in self.backbone.rpn_features)
+        boxes, scores, _ = self.rpn(image_list, rpn_feats, None, need_proposals=True)
+        return list(zip(boxes, scores))

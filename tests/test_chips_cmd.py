@@ -1,0 +1,216 @@
+"""`sniper chips` end to end on a tiny synthetic COCO file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from sniper import chips_cmd
+from sniper.cli import main
+
+
+def synthetic_coco(n_images: int = 7) -> tuple[dict, list]:
+    rng = np.random.default_rng(3)
+    sizes = [(640, 480), (300, 200), (1000, 800), (480, 640)]
+    images, anns, props = [], [], []
+    aid = 1
+    for i in range(n_images):
+        w, h = sizes[i % len(sizes)]
+        iid = 100 + 3 * i
+        images.append({"id": iid, "file_name": f"img{i}.png", "width": w, "height": h})
+        for side, cat in ((20, 5), (100, 9), (170, 5)):
+            x = float(rng.uniform(0, w - side))
+            y = float(rng.uniform(0, h - side))
+            anns.append({"id": aid, "image_id": iid, "category_id": cat, "bbox": [x, y, side, side * 0.8]})
+            aid += 1
+        if i == 0:
+            anns.append({"id": aid, "image_id": iid, "category_id": 9, "bbox": [0, 0, 60, 60], "iscrowd": 1})
+            aid += 1
+        # a cluster of proposals away from the GT: negative-chip material at the finest scale
+        for _ in range(40):
+            props.append({"image_id": iid, "bbox": [w - 60.0, h - 50.0, 40.0, 30.0], "score": 0.5})
+    props.append({"image_id": 999, "bbox": [1, 1, 5, 5], "score": 0.1})  # unknown image: counted
+    cats = [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}]
+    return {"images": images, "annotations": anns, "categories": cats}, props
+
+
+@pytest.fixture
+def coco_files(tmp_path):
+    d, props = synthetic_coco()
+    a = tmp_path / "ann.json"
+    a.write_text(json.dumps(d))
+    p = tmp_path / "props.json"
+    p.write_text(json.dumps(props))
+    return a, p
+
+
+def run_chips(*args: str) -> int:
+    return main(["chips", *args])
+
+
+STATS_KEYS = {
+    "images",
+    "pos_chips_per_image",
+    "neg_chips_per_image",
+    "pixels_vs_single_scale",
+    "pixels_vs_full_pyramid",
+    "annotations",
+}
+
+
+def test_end_to_end(tmp_path, coco_files, capsys):
+    ann, props = coco_files
+    out = tmp_path / "out"
+    assert run_chips("--annotations", str(ann), "--proposals", str(props), "--out", str(out)) == 0
+    t = pq.read_table(out / "chips.parquet")
+    assert {"image_id", "kind", "scale", "scale_index", "x1", "y1", "x2", "y2", "w", "h"} <= set(
+        t.column_names
+    )
+    cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+    stats = json.loads((out / "stats.json").read_text())
+    assert STATS_KEYS <= set(stats)
+    d, _ = synthetic_coco()
+    n = len(d["images"])
+    kind = cols["kind"].astype(str)
+    assert set(kind) == {"pos", "neg"}
+    assert stats["images"] == n
+    assert stats["pos_chips_per_image"] == pytest.approx((kind == "pos").sum() / n, abs=1e-4)
+    assert stats["neg_chips_per_image"] == pytest.approx((kind == "neg").sum() / n, abs=1e-4)
+    assert set(cols["image_id"].tolist()) <= {im["id"] for im in d["images"]}
+    # chip w, h are chip px: the original extent times the factor, at most K
+    np.testing.assert_allclose(cols["w"], (cols["x2"] - cols["x1"]) * cols["scale"], atol=1e-6)
+    np.testing.assert_allclose(cols["h"], (cols["y2"] - cols["y1"]) * cols["scale"], atol=1e-6)
+    assert cols["w"].max() <= 512 and cols["h"].max() <= 512
+    # pixel ratios recomputed from the rows: K*K per chip over the 800/1333 single-scale pixels
+    single = 0
+    for im in d["images"]:
+        f = min(800 / min(im["width"], im["height"]), 1333 / max(im["width"], im["height"]))
+        single += round(im["width"] * f) * round(im["height"] * f)
+    assert stats["pixels_vs_single_scale_pos"] == pytest.approx(
+        (kind == "pos").sum() * 512**2 / single, abs=1e-4
+    )
+    sampled = sum(min(2, int(((kind == "neg") & (cols["image_id"] == im["id"])).sum())) for im in d["images"])
+    assert stats["pixels_vs_single_scale"] == pytest.approx(
+        ((kind == "pos").sum() + sampled) * 512**2 / single, abs=1e-4
+    )
+    assert 0 < stats["pixels_vs_full_pyramid"] < stats["pixels_vs_single_scale"]
+    # load reports: the crowd box is kept, the unknown proposal image is counted
+    assert stats["annotations"]["crowd"] == 1
+    assert stats["proposals"]["reasons"]["unknown_image"]["count"] == 1
+    printed = capsys.readouterr().out
+    assert "pixels vs single scale" in printed and "unknown_image" in printed
+    # nothing left behind but the outputs
+    assert sorted(p.name for p in out.iterdir()) == ["chips.parquet", "stats.json"]
+
+
+def test_workers_give_the_same_parquet(tmp_path, coco_files, monkeypatch):
+    monkeypatch.setattr(chips_cmd, "SHARD_SIZE", 2)  # several shards over 2 processes
+    ann, props = coco_files
+    common = ["--annotations", str(ann), "--proposals", str(props), "--seed", "5"]
+    assert run_chips(*common, "--out", str(tmp_path / "w1"), "--workers", "1") == 0
+    assert run_chips(*common, "--out", str(tmp_path / "w2"), "--workers", "2") == 0
+    t1 = pq.read_table(tmp_path / "w1" / "chips.parquet")
+    t2 = pq.read_table(tmp_path / "w2" / "chips.parquet")
+    assert t1.num_rows > 0 and t1.equals(t2)
+    s1 = json.loads((tmp_path / "w1" / "stats.json").read_text())
+    s2 = json.loads((tmp_path / "w2" / "stats.json").read_text())
+    assert s1 == s2
+
+
+def test_interrupted_run_leaves_no_parquet(tmp_path, coco_files, monkeypatch):
+    monkeypatch.setattr(chips_cmd, "SHARD_SIZE", 1)
+    monkeypatch.setattr(chips_cmd, "WRITE_ROWS", 1)  # row groups hit the temp file before the interruption
+    real = chips_cmd._process_shard
+    calls = []
+
+    def interrupted(tasks):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(tasks)
+
+    monkeypatch.setattr(chips_cmd, "_process_shard", interrupted)
+    ann, _ = coco_files
+    out = tmp_path / "out"
+    assert run_chips("--annotations", str(ann), "--out", str(out)) == 130
+    assert len(calls) == 4
+    assert list(out.iterdir()) == []  # no chips.parquet, no temp file, no stats.json
+
+
+def test_malformed_annotations_cli_error(tmp_path):
+    d, _ = synthetic_coco(2)
+    d["images"][1]["id"] = d["images"][0]["id"]
+    a = tmp_path / "bad.json"
+    a.write_text(json.dumps(d))
+    r = subprocess.run(
+        [sys.executable, "-m", "sniper", "chips", "--annotations", str(a), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("sniper chips: error: ")
+    assert "images[1] (id=100): duplicate image id" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "chips.parquet").exists()
+
+
+def test_bad_annotation_is_skipped_or_strict_error(tmp_path, capsys):
+    d, _ = synthetic_coco(2)
+    d["annotations"][0]["bbox"][2] = float("nan")
+    a = tmp_path / "nan.json"
+    a.write_text(json.dumps(d))
+    assert run_chips("--annotations", str(a), "--out", str(tmp_path / "o")) == 0
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats["annotations"]["reasons"]["non_finite"]["count"] == 1
+    assert "non_finite" in capsys.readouterr().out
+    assert run_chips("--annotations", str(a), "--out", str(tmp_path / "s"), "--strict") == 2
+    err = capsys.readouterr().err
+    assert "sniper chips: error:" in err and "annotations[0]" in err and "non_finite" in err
+
+
+def test_not_json_and_bad_proposals(tmp_path, coco_files, capsys):
+    ann, _ = coco_files
+    bad = tmp_path / "p.json"
+    bad.write_text('{"image_id": 1}')
+    assert run_chips("--annotations", str(ann), "--proposals", str(bad), "--out", str(tmp_path / "o")) == 2
+    assert "expected a JSON list of results" in capsys.readouterr().err
+    bad.write_text("[{")
+    assert run_chips("--annotations", str(bad), "--out", str(tmp_path / "o")) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_visualize(tmp_path, coco_files):
+    ann, props = coco_files
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(images / "img0.png")  # only the first image exists
+    out = tmp_path / "out"
+    args = ["--annotations", str(ann), "--proposals", str(props), "--out", str(out)]
+    assert run_chips(*args, "--visualize", "2", "--images", str(images)) == 0
+    viz = sorted(p.name for p in (out / "viz").iterdir())
+    assert viz == ["100_chips.png", "100_labels.png", "103_chips.png", "103_labels.png"]
+    overview = np.asarray(Image.open(out / "viz" / "100_chips.png"))
+    assert overview.shape[1:] == (640, 3) and overview.shape[0] > 480  # image + legend strip
+    overview = overview[:480]
+    assert (overview == [200, 30, 30]).all(axis=-1).mean() > 0.5  # drawn on the real image
+    gray = np.asarray(Image.open(out / "viz" / "103_chips.png"))  # missing file: gray canvas
+    assert gray.shape[1] == 300 and (gray[:200] == 128).all(axis=-1).mean() > 0.3
+    labels = np.asarray(Image.open(out / "viz" / "100_labels.png"))
+    green = (labels[..., 1] > 200) & (labels[..., 0] < 50)
+    red = (labels[..., 0] > 240) & (labels[..., 1] < 50)
+    assert green.any() and red.any()  # valid boxes and ignore regions / proposal dots
+
+
+def test_argument_errors(tmp_path, coco_files, capsys):
+    ann, _ = coco_files
+    assert run_chips("--annotations", str(ann), "--out", str(tmp_path / "o"), "--workers", "0") == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert run_chips("--annotations", str(ann), "--out", str(tmp_path / "o"), "--set", "chips.stride=0") == 2
+    assert "stride" in capsys.readouterr().err
