@@ -6,7 +6,7 @@ A randomly initialised MobileNetV2 SNIPER detector (80 classes, no download) run
 ``sniper.engine.predict.Predictor`` on COCO-like 640 x 480 images (smooth random
 shapes on noise): the default ``cfg.infer`` pyramid (1400/2000, 800/1280, 480/512, with
 valid ranges and Soft-NMS) and one scale (short 800, long side at most 1333, every box kept,
-same merge). Each scale of the pyramid is also timed alone. One warm-up pass each; the
+same merge); with ``--per-scale`` each scale of the pyramid is also timed alone. One warm-up pass each; the
 time covers resize, batching, the model, mapping back and the merge (not JPEG decoding).
 Prints a table and writes ``benchmarks/results/infer.json``.
 """
@@ -65,14 +65,16 @@ def time_predictor(predictor: Predictor, images: list[np.ndarray], batch_size: i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--no-per-scale", action="store_true", help="skip timing each pyramid scale alone")
+    parser.add_argument("--per-scale", action="store_true", help="also time each pyramid scale alone")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "infer.json"))
     args = parser.parse_args()
 
@@ -86,7 +88,7 @@ def main() -> int:
 
     single = Scale(short=800, max_size=1333, valid_range=(None, None))
     runs = [("3-scale pyramid (paper)", cfg.infer.scales), ("single scale 800x1333", [single])]
-    if not args.no_per_scale:
+    if args.per_scale:
         for s in cfg.infer.scales:
             runs.append((f"  pyramid scale {s.short}/{s.max_size} alone", [s]))
 
@@ -110,7 +112,9 @@ def main() -> int:
     header = f"{'run':<34} {'images/s':>9} {'ms/image':>9} {'dets/image':>10}"
     lines = [header, "-" * len(header)]
     for r, (name, _) in zip(rows, runs):
-        lines.append(f"{name:<34} {r['images_per_s']:>9.2f} {r['ms_per_image']:>9.0f} {r['detections_per_image']:>10.1f}")
+        lines.append(
+            f"{name:<34} {r['images_per_s']:>9.2f} {r['ms_per_image']:>9.0f} {r['detections_per_image']:>10.1f}"
+        )
     lines.append(f"pyramid / single-scale time: {ratio:.2f}x")
     print(
         f"{args.backbone} (random init), {args.images} images {args.width}x{args.height}, "
@@ -130,7 +134,11 @@ def main() -> int:
                 "threads": torch.get_num_threads(),
                 "infer": to_dict(cfg.infer),
             },
-            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+            "machine": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "cpu": platform.processor(),
+            },
             "rows": rows,
             "pyramid_over_single_time": ratio,
         },

@@ -13,7 +13,7 @@ spanning it. ``d`` is ``cfg.stride``, or a per-epoch draw from
 
 Boxes valid for selection at a scale (§3.2): GT boxes that are not crowd, whose
 ``sqrt(w * h)`` (original px, after clipping to the image) is in the scale's
-range, that are not degenerate (scaled sides ``>= cfg.min_box_size``), and that
+range, that are not degenerate (scaled sides positive and ``>= cfg.min_box_size``), and that
 **fit**. The fit rule: along an axis where the scaled image is longer than ``K``
 the scaled (clipped) box side must be ``<= K - d``; along an axis of at most
 ``K`` pixels any box fits. Why this guarantees coverage: window ``x`` contains a
@@ -285,14 +285,18 @@ def window_priority(seed: SeedLike, scale_index: int, n: int) -> np.ndarray:
     return _priority(_mix(seed), scale_index, n)
 
 
+_U29, _U33 = np.uint64(29), np.uint64(33)
+_MUL1, _MUL2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
 def _priority(seed_key: int, scale_index: int, n: int | np.ndarray) -> np.ndarray:
     """Priorities of windows ``0..n-1`` (int ``n``) or of the window indices in array ``n``."""
     z = np.arange(n, dtype=np.uint64) if isinstance(n, int) else n.astype(np.uint64)
     z ^= np.uint64((seed_key ^ (scale_index * 0x9E3779B97F4A7C15)) & _M64)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(29)
-    z *= np.uint64(0x94D049BB133111EB)
-    z >>= np.uint64(33)
+    z *= _MUL1
+    z ^= z >> _U29
+    z *= _MUL2
+    z >>= _U33
     return z.view(np.int64)
 
 
@@ -326,7 +330,9 @@ def window_positions(length: int, chip_size: int, stride: int) -> np.ndarray:
     return pos
 
 
-def candidate_windows(width: int, height: int, cfg: ChipConfig, *, stride: int | None = None) -> list[np.ndarray]:
+def candidate_windows(
+    width: int, height: int, cfg: ChipConfig, *, stride: int | None = None
+) -> list[np.ndarray]:
     """All candidate windows ``(n, 4)`` int64 (scaled px), one array per scale (row-major x, then y)."""
     d = cfg.stride if stride is None else stride
     K = cfg.chip_size
@@ -386,7 +392,7 @@ def _selection(boxes: np.ndarray, width: int, height: int, cfg: ChipConfig, stri
     swh = sb[:, :, 2:] - sb[:, :, :2]
     K = cfg.chip_size
     fits = (swh <= K - stride) | (lim[:, :, :2] <= K)
-    fits &= swh >= cfg.min_box_size
+    fits &= (swh >= cfg.min_box_size) & (swh > 0)
     ok = fits[:, :, 0] & fits[:, :, 1] & (sa >= ranges[:, :1]) & (sa < ranges[:, 1:])
     return sb, ok, fs, sizes
 
@@ -453,17 +459,22 @@ def _greedy_rects(i0, i1, j0, j1, nx: int, ny: int, prio: np.ndarray, min_count:
     return picks, counts
 
 
-def _greedy_bitmask(i0, i1, j0, j1, nx: int, ny: int, seed_key: int, prio_index: int, min_count: int):
+def _greedy_bitmask(i0, i1, j0, j1, nx: int, ny: int, prio_of, min_count: int):
     """Same greedy for at most 50 boxes, with one bit per box.
 
     Window ``(i, j)`` holds the boxes of ``X[i] & Y[j]``, where ``X[i]`` (``Y[j]``) is the
     mask of boxes whose column (row) index range contains ``i`` (``j``): two 1D difference
-    arrays instead of a 2D one. Priorities are hashed only for windows tied at the top count
-    (few picks, so cheaper than hashing every window); the picks equal ``_greedy_rects``'.
+    arrays instead of a 2D one. Priorities (``prio_of(window indices)``) are hashed only for
+    windows tied at the top count (few picks: cheaper than hashing every window); the
+    picks equal ``_greedy_rects``'.
     """
     bits = np.ldexp(1.0, np.arange(i0.size))  # sums of distinct powers of two: exact in float64 (n <= 52)
-    X = np.cumsum(np.bincount(i0, bits, nx + 1)[:nx] - np.bincount(i1 + 1, bits, nx + 1)[:nx]).astype(np.int64)
-    Y = np.cumsum(np.bincount(j0, bits, ny + 1)[:ny] - np.bincount(j1 + 1, bits, ny + 1)[:ny]).astype(np.int64)
+    X = np.cumsum(np.bincount(i0, bits, nx + 1)[:nx] - np.bincount(i1 + 1, bits, nx + 1)[:nx]).astype(
+        np.int64
+    )
+    Y = np.cumsum(np.bincount(j0, bits, ny + 1)[:ny] - np.bincount(j1 + 1, bits, ny + 1)[:ny]).astype(
+        np.int64
+    )
     Y = Y[None, :]
     picks, counts = [], []
     while True:
@@ -473,7 +484,7 @@ def _greedy_bitmask(i0, i1, j0, j1, nx: int, ny: int, seed_key: int, prio_index:
         if c <= min_count:
             break
         cand = np.flatnonzero(cnt == c)
-        k = int(cand[_priority(seed_key, prio_index, cand).argmax()]) if cand.size > 1 else int(cand[0])
+        k = int(cand[prio_of(cand).argmax()]) if cand.size > 1 else int(cand[0])
         picks.append(k)
         counts.append(c)
         X &= ~masks.flat[k]
@@ -489,23 +500,52 @@ def _cover_scale(
     if W <= K and H <= K:  # one window: it holds every box
         return ([(0, 0, W, H)], [n]) if n > min_count else ([], [])
     xs, ys = window_positions(W, K, stride), window_positions(H, K, stride)
-    nx, ny = xs.size, ys.size
+    ny = ys.size
     # Window index range containing each box: xs[i] in [x2 - kw, x1].
     i0 = xs.searchsorted(sb[:, 2] - kw, side="left")
     i1 = xs.searchsorted(sb[:, 0], side="right") - 1
     j0 = ys.searchsorted(sb[:, 3] - kh, side="left")
     j1 = ys.searchsorted(sb[:, 1], side="right") - 1
-    if _HAS_POPCOUNT and n <= BITMASK_MAX_BOXES:
-        picks, counts = _greedy_bitmask(i0, i1, j0, j1, nx, ny, seed_key, prio_index, min_count)
+    # Only the sub-grid spanned by the boxes' ranges can hold a box: work there.
+    a0, b0 = int(i0.min()), int(j0.min())
+    mx, my = int(i1.max()) - a0 + 1, int(j1.max()) - b0 + 1
+    i0 -= a0
+    i1 -= a0
+    j0 -= b0
+    j1 -= b0
+
+    def prio_of(local):  # priority of sub-grid cells, hashed from their whole-grid window index
+        return _priority(seed_key, prio_index, (local // my + a0) * ny + local % my + b0)
+
+    if n == 1 and min_count == 0 and BITMASK_MAX_BOXES > 0:  # every cell holds the box
+        local = np.arange(mx * my)
+        picks, counts = [int(prio_of(local).argmax())], [1]
+    elif _HAS_POPCOUNT and n <= BITMASK_MAX_BOXES:
+        picks, counts = _greedy_bitmask(i0, i1, j0, j1, mx, my, prio_of, min_count)
     else:
-        prio = _priority(seed_key, prio_index, nx * ny)
-        picks, counts = _greedy_rects(i0, i1, j0, j1, nx, ny, prio, min_count)
+        picks, counts = _greedy_rects(i0, i1, j0, j1, mx, my, prio_of(np.arange(mx * my)), min_count)
     xl, yl = xs.tolist(), ys.tolist()
     wins = []
     for k in picks:
-        x, y = xl[k // ny], yl[k % ny]
+        x, y = xl[k // my + a0], yl[k % my + b0]
         wins.append((x, y, x + kw, y + kh))
     return wins, counts
+
+
+def _cover_all(sb, ok, fs, sizes, K: int, stride: int, seed_key: int, prio_index, min_count) -> list:
+    """Greedy cover at every scale of one image; ``parts`` for :func:`_assemble`.
+
+    ``sb`` (S, N, 4) scaled boxes, ``ok`` (S, N) the boxes to cover, ``prio_index`` and
+    ``min_count`` one per scale. (Running the scales together on padded grids was measured
+    slower on COCO than this loop: the padding costs more than the saved calls.)
+    """
+    parts = []
+    for s, n in enumerate(ok.sum(axis=1).tolist()):
+        if n > min_count[s]:
+            win, cnt = _cover_scale(sb[s][ok[s]], *sizes[s], K, stride, seed_key, prio_index[s], min_count[s])
+            if win:
+                parts.append((win, cnt, fs[s], s))
+    return parts
 
 
 def _assemble(image_id: int, parts: list, negative: bool) -> ImageChips:
@@ -566,13 +606,8 @@ def positive_chips(
         if crowd.size != len(b):
             raise ValueError(f"iscrowd has {crowd.size} entries for {len(b)} boxes")
         ok &= ~crowd[None, :]
-    parts = []
-    key = _mix(seed)
-    for s, any_valid in enumerate(ok.any(axis=1).tolist()):
-        if not any_valid:
-            continue
-        win, cnt = _cover_scale(sb[s][ok[s]], *sizes[s], cfg.chip_size, d, key, s, 0)
-        parts.append((win, cnt, fs[s], s))
+    S = len(cfg.scales)
+    parts = _cover_all(sb, ok, fs, sizes, cfg.chip_size, d, _mix(seed), list(range(S)), [0] * S)
     return _assemble(image_id, parts, negative=False)
 
 
@@ -605,9 +640,8 @@ def negative_chips(
     if len(p) == 0:
         return _empty(pos.image_id)
     sb, ok, fs, sizes = _selection(p, width, height, cfg, d)
-    parts = []
-    key = _mix(seed)
-    for s in range(len(cfg.scales)):
+    S = len(cfg.scales)
+    for s in range(S):
         sel = ok[s]
         pw = pos.windows[pos.scale_index == s].astype(np.float64)
         if len(pw) and sel.any():
@@ -621,18 +655,15 @@ def negative_chips(
                     & (q[:, None, 2] <= w[None, :, 2])
                     & (q[:, None, 3] <= w[None, :, 3])
                 ).any(axis=1)
-            sel = sel.copy()
-            sel[np.flatnonzero(sel)[inside]] = False
-        m = int(cfg.neg_min_proposals[s])
-        if sel.sum() <= m:
-            continue
-        win, cnt = _cover_scale(sb[s][sel], *sizes[s], cfg.chip_size, d, key, -1 - s, m)
-        if len(win):
-            parts.append((win, cnt, fs[s], s))
+            sel[np.flatnonzero(sel)[inside]] = False  # a view: updates ok
+    minc = [int(m) for m in cfg.neg_min_proposals]
+    parts = _cover_all(sb, ok, fs, sizes, cfg.chip_size, d, _mix(seed), [-1 - s for s in range(S)], minc)
     return _assemble(pos.image_id, parts, negative=True)
 
 
-def sample_negatives(neg: ImageChips, n: int, *, seed: int, epoch: int, image_id: int | None = None) -> ImageChips:
+def sample_negatives(
+    neg: ImageChips, n: int, *, seed: int, epoch: int, image_id: int | None = None
+) -> ImageChips:
     """Up to ``n`` chips of a negative pool (all scales), a function of ``(seed, epoch, image_id)``."""
     if n < 0:
         raise ValueError(f"number of negative chips must be >= 0, got {n}")

@@ -43,7 +43,9 @@ def draw_detections(
     list); the colour follows the class. Shown: the ``top_k`` best detections if given,
     otherwise those scoring above ``score_thresh``.
     """
-    im = (Image.fromarray(np.asarray(image)) if isinstance(image, np.ndarray) else image).convert("RGB").copy()
+    im = (
+        (Image.fromarray(np.asarray(image)) if isinstance(image, np.ndarray) else image).convert("RGB").copy()
+    )
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     classes = np.asarray(classes).reshape(-1)
@@ -70,5 +72,11 @@ def draw_detections(
         tw, th = tx2 - tx1, ty2 - ty1
         ty = y1 - th - 2 * width if y1 - th - 2 * width >= 0 else y1
         draw.rectangle([x1, ty, x1 + tw + 2 * width, ty + th + 2 * width], fill=colour)
-        draw.text((x1 + width - tx1, ty + width - ty1), text, fill=(0, 0, 0), font=font)
+        light = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 140
+        draw.text(
+            (x1 + width - tx1, ty + width - ty1),
+            text,
+            fill=(0, 0, 0) if light else (255, 255, 255),
+            font=font,
+        )
     return im

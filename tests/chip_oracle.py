@@ -42,7 +42,12 @@ def scale_info(width: int, height: int, cfg: ChipConfig, s: int) -> tuple[float,
 def scaled_boxes(boxes: np.ndarray, width: int, height: int, f: float, W: int, H: int) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     b = np.stack(
-        [np.clip(b[:, 0], 0, width), np.clip(b[:, 1], 0, height), np.clip(b[:, 2], 0, width), np.clip(b[:, 3], 0, height)],
+        [
+            np.clip(b[:, 0], 0, width),
+            np.clip(b[:, 1], 0, height),
+            np.clip(b[:, 2], 0, width),
+            np.clip(b[:, 3], 0, height),
+        ],
         axis=1,
     )
     sb = b * f
@@ -63,7 +68,7 @@ def valid_mask(boxes, width, height, cfg: ChipConfig, s: int, d: int, iscrowd=No
         sw, sh = sb[n, 2] - sb[n, 0], sb[n, 3] - sb[n, 1]
         ok = cfg.scales[s].lo <= size < cfg.scales[s].hi
         ok = ok and (W <= K or sw <= K - d) and (H <= K or sh <= K - d)
-        ok = ok and sw >= cfg.min_box_size and sh >= cfg.min_box_size
+        ok = ok and sw >= cfg.min_box_size and sh >= cfg.min_box_size and sw > 0 and sh > 0
         ok = ok and not (iscrowd is not None and bool(iscrowd[n]))
         out[n] = ok
     return out
@@ -111,13 +116,26 @@ def positive_chips(boxes, width, height, cfg: ChipConfig, *, iscrowd=None, seed=
     return out
 
 
-def labels(chip_window, f, scale, boxes, iscrowd, cfg: ChipConfig):
-    """Per box: 'valid', 'ignore' or None (does not touch the chip), by a plain loop."""
+def labels(chip_window, f, scale, boxes, iscrowd, cfg: ChipConfig, image_size=None):
+    """Per box: 'valid', 'ignore' or None (does not touch the chip), by a plain loop.
+
+    With ``image_size``, scaled boxes are first clipped to the scaled image (as selection does).
+    """
     sx, sy, ex, ey = chip_window
     out = []
+    if image_size is not None:
+        W, H = max(1, int(round(image_size[0] * f))), max(1, int(round(image_size[1] * f)))
     for n, bx in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
-        c = [bx[0] * f - sx, bx[1] * f - sy, bx[2] * f - sx, bx[3] * f - sy]
-        cl = [min(max(c[0], 0), ex - sx), min(max(c[1], 0), ey - sy), min(max(c[2], 0), ex - sx), min(max(c[3], 0), ey - sy)]
+        s = [bx[0] * f, bx[1] * f, bx[2] * f, bx[3] * f]
+        if image_size is not None:
+            s = [min(s[0], W), min(s[1], H), min(s[2], W), min(s[3], H)]
+        c = [s[0] - sx, s[1] - sy, s[2] - sx, s[3] - sy]
+        cl = [
+            min(max(c[0], 0), ex - sx),
+            min(max(c[1], 0), ey - sy),
+            min(max(c[2], 0), ex - sx),
+            min(max(c[3], 0), ey - sy),
+        ]
         if not (cl[2] - cl[0] > 0 and cl[3] - cl[1] > 0):
             out.append(None)
             continue
@@ -143,5 +161,7 @@ def negative_chips(proposals, pos_windows_per_scale, width, height, cfg: ChipCon
         win = windows(W, H, cfg.chip_size, d)
         prio = window_priority(seed, -1 - s, len(win))
         m = cfg.neg_min_proposals[s]
-        out.append(greedy(win, sb[ok], prio, m) if ok.any() else (np.zeros((0, 4)), np.zeros(0, dtype=np.int64)))
+        out.append(
+            greedy(win, sb[ok], prio, m) if ok.any() else (np.zeros((0, 4)), np.zeros(0, dtype=np.int64))
+        )
     return out

@@ -58,7 +58,9 @@ def smooth_image(w: int, h: int, seed: int) -> np.ndarray:
     return np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8)
 
 
-def write_dataset(root: Path, *, fmt: str = "png", category_ids=(1, 3, 7), size=(300, 200), n_images=2) -> Path:
+def write_dataset(
+    root: Path, *, fmt: str = "png", category_ids=(1, 3, 7), size=(300, 200), n_images=2
+) -> Path:
     """Images with a few boxes each (one crowd); returns the annotation file (images in root/images)."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     images, anns = [], []
@@ -197,7 +199,9 @@ def test_targets_agree_with_chip_labels(png_data):
         t = ds.target(i)
         rec = coco.image(t["image_id"])
         a = coco.annotations(rec.id)
-        lab = chip_labels(ds.chip(i), a.boxes, a.category_ids, a.iscrowd, cfg, image_size=(rec.width, rec.height))
+        lab = chip_labels(
+            ds.chip(i), a.boxes, a.category_ids, a.iscrowd, cfg, image_size=(rec.width, rec.height)
+        )
         np.testing.assert_array_equal(t["boxes"].numpy(), lab.boxes[lab.valid])
         np.testing.assert_array_equal(t["ignore_boxes"].numpy(), lab.boxes[lab.ignore])
         np.testing.assert_array_equal(coco.category_of(t["labels"].numpy()), lab.classes[lab.valid])
@@ -219,7 +223,9 @@ def test_predictions_map_back_to_the_image(png_data):
             t = ds.target(i, flip)
             rec = coco.image(t["image_id"])
             a = coco.annotations(rec.id)
-            lab = chip_labels(ds.chip(i), a.boxes, a.category_ids, a.iscrowd, cfg, image_size=(rec.width, rec.height))
+            lab = chip_labels(
+                ds.chip(i), a.boxes, a.category_ids, a.iscrowd, cfg, image_size=(rec.width, rec.height)
+            )
             gt = a.boxes[lab.gt_index[lab.valid]]  # valid boxes lie inside the chip: no clipping
             np.testing.assert_allclose(chip_to_original(t["boxes"], t), gt, atol=1e-3)
             checked += len(gt)

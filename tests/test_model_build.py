@@ -155,15 +155,15 @@ def test_eval_clips_to_image_sizes_and_proposals_are_probabilities(models):
 def test_frozen_stages_get_no_grads_and_keep_bn_in_eval(models):
     mob = models["mobilenet_v2"]
     mob.train()
-    frozen = mob.backbone.body[:2]
+    frozen = mob.backbone.body[:2]  # a view: its blocks are the model's
     assert all(not p.requires_grad for p in frozen.parameters())
     assert all(p.requires_grad for p in mob.backbone.body[2:].parameters())
-    assert not any(m.training for m in frozen.modules()) and mob.backbone.body[2].training
+    assert not any(m.training for block in frozen for m in block.modules()) and mob.backbone.body[2].training
     res = models["resnet50"]
     res.train()
     for part in (res.backbone.stem, res.backbone.layer1):
         assert all(not p.requires_grad for p in part.parameters())
-        assert not any(m.training for m in part.modules())
+        assert not any(m.training for m in part.modules() if isinstance(m, nn.BatchNorm2d))
     assert all(p.requires_grad for p in res.backbone.layer2.parameters())
     stats = frozen[0][1].running_mean.clone()
     mob(torch.rand(2, 3, 64, 64), [target(), target()])
@@ -186,27 +186,29 @@ def test_norm_choices(models):
 def test_deformable_conv5_forward(models):
     res = models["resnet50"]
     deform = [m for m in res.backbone.layer4.modules() if isinstance(m, DeformableConv3x3)]
-    assert len(deform) == 3 and res.backbone.layer4[0].conv2.conv.dilation == (2, 2)
+    assert len(deform) == 3 and res.backbone.layer4[1].conv2.conv.dilation == (2, 2)
     res.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         feats = res.backbone(torch.rand(1, 3, 64, 64))
     assert feats["conv4"].shape[-2:] == (4, 4) and feats["head"].shape == (1, 256, 4, 4)
 
 
-def test_bf16_autocast_keeps_losses_and_boxes_fp32(models):
-    model = models["mobilenet_v2"]
-    model.train()
-    images, targets = chips(128)
+def test_bf16_autocast_keeps_losses_and_boxes_fp32():
+    # narrow head: bf16 matmuls/convs are emulated (slow) on CPUs without AVX512-BF16
+    torch.manual_seed(0)
+    cfg = ModelConfig(anchor_sizes=[16, 32], head_channels=16, rpn_channels=16, fc_dim=16)
+    model = build_model(cfg, NUM_CLASSES)
+    images, targets = chips(64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model(images, targets)
+        losses = model(images[:1], targets[:1])
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(images)
-        props = model.proposals(images)
+        out = model(images[:1])
+        props = model.proposals(images[:1])
     assert out[0]["boxes"].dtype == torch.float32 and out[0]["scores"].dtype == torch.float32
-    assert props[0][0].dtype == torch.float32
+    assert props[0][0].dtype == torch.float32 and props[0][1].dtype == torch.float32
 
 
 def test_bad_inputs_raise_clear_errors(models):

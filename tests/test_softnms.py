@@ -166,7 +166,9 @@ def test_one_box():
 
 def test_all_below_threshold():
     keep, new = soft_nms(
-        torch.tensor([[0.0, 0, 10, 10], [5, 5, 9, 9]]), torch.tensor([0.01, 0.02]), torch.tensor([1, 1]),
+        torch.tensor([[0.0, 0, 10, 10], [5, 5, 9, 9]]),
+        torch.tensor([0.01, 0.02]),
+        torch.tensor([1, 1]),
         score_threshold=0.05,
     )
     assert keep.numel() == 0 and new.numel() == 0
@@ -216,9 +218,13 @@ def test_all_same_class_equals_single_class_of_mixed_labels():
 def test_linear_threshold_is_strict():
     # IoU exactly 0.5 with iou_threshold 0.5: not decayed.
     boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 5]])
-    keep, new = soft_nms(boxes, torch.tensor([0.9, 0.6]), torch.tensor([0, 0]), method="linear", iou_threshold=0.5)
+    keep, new = soft_nms(
+        boxes, torch.tensor([0.9, 0.6]), torch.tensor([0, 0]), method="linear", iou_threshold=0.5
+    )
     assert new.tolist() == pytest.approx([0.9, 0.6])
-    keep, new = soft_nms(boxes, torch.tensor([0.9, 0.6]), torch.tensor([0, 0]), method="linear", iou_threshold=0.4)
+    keep, new = soft_nms(
+        boxes, torch.tensor([0.9, 0.6]), torch.tensor([0, 0]), method="linear", iou_threshold=0.4
+    )
     assert new.tolist() == pytest.approx([0.9, 0.3])
 
 
@@ -306,5 +312,23 @@ def test_nms_merge_matches_torchvision():
 
 @pytest.mark.parametrize("merge", [SoftNMSMerge(), NMSMerge()])
 def test_merge_empty(merge):
-    out = merge({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)})
+    out = merge(
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    )
     assert out["boxes"].shape == (0, 4) and out["scores"].shape == (0,) and out["labels"].shape == (0,)
+
+
+def test_loop_stops_early():
+    """The speed-ups must engage: one pick per class per iteration, classes stop at max_detections."""
+    from sniper.ops.softnms import _soft_nms_loop
+
+    rng = np.random.default_rng(5)
+    boxes, scores, labels = random_detections(rng, 400, num_classes=4)
+    b, s = torch.as_tensor(boxes), torch.as_tensor(scores)
+    lab = torch.as_tensor(labels)
+    args = ("gaussian", 0.55, 0.3, 0.0)
+    keep, _, iters = _soft_nms_loop(b, s, lab, *args, None)
+    assert len(keep) == 400
+    assert iters == int(torch.bincount(lab).max())  # all classes in parallel
+    keep, _, iters = _soft_nms_loop(b, s, lab, *args, 10)
+    assert iters == 10 and len(keep) == 10

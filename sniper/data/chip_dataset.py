@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from sniper.chips import Chip, chip_labels
+from sniper.chips import Chip, ChipLabels, chip_labels
 from sniper.config import ChipConfig, Config, DataConfig
 from sniper.data.coco import CocoDataset
 from sniper.data.draw import draw_item
@@ -87,7 +87,9 @@ class ChipDataset(Dataset):
         self.chip_cfg = chip_cfg
         self.data_cfg = data_cfg or DataConfig()
         if self.data_cfg.on_bad_image not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_image must be 'error' or 'skip', got {self.data_cfg.on_bad_image!r}")
+            raise ValueError(
+                f"data.on_bad_image must be 'error' or 'skip', got {self.data_cfg.on_bad_image!r}"
+            )
         self._image_pos = coco.index_of(chips.image_id)
         if np.any(self._image_pos < 0):
             bad = np.unique(chips.image_id[self._image_pos < 0])[:5].tolist()
@@ -103,7 +105,9 @@ class ChipDataset(Dataset):
         self._cache: ImageCache | None = None
 
     @classmethod
-    def from_config(cls, coco: CocoDataset, chips: ChipTable, image_root: str | os.PathLike[str], cfg: Config):
+    def from_config(
+        cls, coco: CocoDataset, chips: ChipTable, image_root: str | os.PathLike[str], cfg: Config
+    ):
         return cls(coco, chips, image_root, cfg.chips, cfg.data)
 
     def __len__(self) -> int:
@@ -157,15 +161,21 @@ class ChipDataset(Dataset):
         self.cache.put(image_id, loaded)
         return loaded
 
+    def labels(self, index: int) -> ChipLabels:
+        """The chip engine's labels of chip ``index`` (chip px, unflipped)."""
+        pos = int(self._image_pos[index])
+        rec = self.coco.images[pos]
+        ann = self.coco.annotations_at(pos)
+        return chip_labels(
+            self.chip(index), ann.boxes, ann.category_ids, ann.iscrowd, self.chip_cfg,
+            image_size=(rec.width, rec.height),
+        )  # fmt: skip
+
     def target(self, index: int, flip: bool = False) -> Target:
         """Labels of chip ``index`` (no pixels)."""
         chip = self.chip(index)
         image_id = int(self.chips.image_id[index])
-        rec = self.coco.images[int(self._image_pos[index])]
-        ann = self.coco.annotations_at(int(self._image_pos[index]))
-        lab = chip_labels(
-            chip, ann.boxes, ann.category_ids, ann.iscrowd, self.chip_cfg, image_size=(rec.width, rec.height)
-        )
+        lab = self.labels(index)
         w, h = chip.size_px()
         boxes = lab.boxes[lab.valid].astype(np.float32).reshape(-1, 4)
         ignore = lab.boxes[lab.ignore].astype(np.float32).reshape(-1, 4)
@@ -208,7 +218,9 @@ class ChipDataset(Dataset):
                         raise
                     self._bad_ids.add(image_id)
                     self.bad_files[e.file] = e.reason
-                    warnings.warn(f"skipping bad image {e.file}: {e.reason} (data.on_bad_image=skip)", stacklevel=2)
+                    warnings.warn(
+                        f"skipping bad image {e.file}: {e.reason} (data.on_bad_image=skip)", stacklevel=2
+                    )
             index = (index + 1) % len(self.chips)  # replacement: the next chip of a good image
         raise BadImageError(str(self.image_root), "every image of the chip dataset is bad")
 
@@ -251,7 +263,9 @@ class ChipBatchSource:
         self.dataset = dataset
         self.sampler = sampler
         if sampler.num_workers != num_workers:
-            raise ValueError(f"sampler was laid out for {sampler.num_workers} workers, loader has {num_workers}")
+            raise ValueError(
+                f"sampler was laid out for {sampler.num_workers} workers, loader has {num_workers}"
+            )
         self.loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -329,7 +343,9 @@ def check_images(
             if decode:
                 load_image(path, max_pixels=data_cfg.max_image_pixels)
             elif rec.width * rec.height > data_cfg.max_image_pixels:
-                return BadImage(int(image_id), str(path), f"{rec.width}x{rec.height} exceeds data.max_image_pixels")
+                return BadImage(
+                    int(image_id), str(path), f"{rec.width}x{rec.height} exceeds data.max_image_pixels"
+                )
         except BadImageError as e:
             return BadImage(int(image_id), e.file, e.reason)
         return None

@@ -21,7 +21,9 @@ def _boxes(t: Any) -> np.ndarray:
     return np.asarray(t.detach().cpu() if torch.is_tensor(t) else t, dtype=np.float64).reshape(-1, 4)
 
 
-def draw_item(image: torch.Tensor, target: dict[str, Any], *, names: dict[int, str] | None = None) -> Image.Image:
+def draw_item(
+    image: torch.Tensor, target: dict[str, Any], *, names: dict[int, str] | None = None
+) -> Image.Image:
     """``[3, K, K]`` float image + target -> PIL image: valid boxes green (with their label, or
     ``names[label]``), ignore boxes red, the content extent (padding starts past it) blue."""
     arr = image.detach().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -42,6 +44,8 @@ def draw_item(image: torch.Tensor, target: dict[str, Any], *, names: dict[int, s
             d.text((b[0] + 2, b[1] + 1), text, fill=VALID_COLOUR)
     scale = target.get("scale")
     if scale is not None:
-        note = f"image {target.get('image_id')}  x{float(scale):.3g}" + ("  flipped" if target.get("flipped") else "")
+        note = f"image {target.get('image_id')}  x{float(scale):.3g}" + (
+            "  flipped" if target.get("flipped") else ""
+        )
         d.text((3, im.height - 12), note, fill=(255, 255, 255))
     return im

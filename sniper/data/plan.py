@@ -22,7 +22,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["ChipBatchSampler", "ChipKey", "ChipTable", "EpochPlan", "epoch_plan", "flip_bits"]
+__all__ = [
+    "ChipBatchSampler", "ChipKey", "ChipTable", "EpochPlan", "epoch_plan", "flip_bits", "sampled_negatives",
+    "worker_batches",
+]  # fmt: skip
 
 CHIP_COLUMNS = ("image_id", "kind", "scale", "scale_index", "x1", "y1", "x2", "y2")
 
@@ -67,7 +70,9 @@ class ChipTable:
             kind = kind.astype(str)
             bad = ~np.isin(kind, ["pos", "neg"])
             if bad.any():
-                raise ValueError(f"chip kind must be 'pos' or 'neg', got {sorted(set(kind[bad].tolist()))[:5]}")
+                raise ValueError(
+                    f"chip kind must be 'pos' or 'neg', got {sorted(set(kind[bad].tolist()))[:5]}"
+                )
             is_neg = kind == "neg"
         boxes = np.stack([np.asarray(cols[c], dtype=np.float64) for c in ("x1", "y1", "x2", "y2")], axis=1)
         return cls(
@@ -90,7 +95,9 @@ class ChipTable:
             raise FileNotFoundError(f"{path}: no such chips file (run `sniper chips` first)")
         table = pq.read_table(path)
         try:
-            return cls.from_columns({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+            return cls.from_columns(
+                {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+            )
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
@@ -98,7 +105,9 @@ class ChipTable:
     def from_image_chips(cls, chips: Mapping[int, Any] | list[Any]) -> ChipTable:
         """From ``sniper.chips.ImageChips`` objects (one per image; a mapping or a list)."""
         items = list(chips.values()) if isinstance(chips, Mapping) else list(chips)
-        cols: dict[str, list[np.ndarray]] = {c: [] for c in ("image_id", "kind", "scale", "scale_index", "boxes")}
+        cols: dict[str, list[np.ndarray]] = {
+            c: [] for c in ("image_id", "kind", "scale", "scale_index", "boxes")
+        }
         for ic in items:
             n = len(ic.boxes)
             cols["image_id"].append(np.full(n, int(ic.image_id), dtype=np.int64))
@@ -168,7 +177,7 @@ class EpochPlan:
         return [ChipKey(int(i), bool(f)) for i, f in zip(self.index, self.flip)]
 
 
-def _sampled_negatives(table: ChipTable, n: int, seed: int, epoch: int) -> np.ndarray:
+def sampled_negatives(table: ChipTable, n: int, seed: int, epoch: int) -> np.ndarray:
     """Rows of the negative chips chosen for this epoch: up to ``n`` per image.
 
     The choice is the chip engine's own :func:`sniper.chips.sample_negatives`; each image's pool
@@ -214,7 +223,7 @@ def epoch_plan(
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     rows = np.flatnonzero(~table.is_neg)
     if negatives:
-        rows = np.concatenate([rows, _sampled_negatives(table, neg_per_image, seed, epoch)])
+        rows = np.concatenate([rows, sampled_negatives(table, neg_per_image, seed, epoch)])
     # Runs: chips of one image together, finest scale first (a full-resolution decode serves the rest).
     order = np.lexsort((rows, -table.scale[rows], table.image_id[rows]))
     rows = rows[order]

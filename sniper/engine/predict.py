@@ -91,11 +91,18 @@ class Proposals:
         return len(self.boxes)
 
 
-def _xywh_records(image_id: int, boxes: np.ndarray, scores: np.ndarray, category_ids: Iterable[int]) -> list[dict]:
+def _xywh_records(
+    image_id: int, boxes: np.ndarray, scores: np.ndarray, category_ids: Iterable[int]
+) -> list[dict]:
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     xywh = np.round(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1), 2)
     return [
-        {"image_id": int(image_id), "category_id": int(c), "bbox": [float(v) for v in box], "score": round(float(s), 5)}
+        {
+            "image_id": int(image_id),
+            "category_id": int(c),
+            "bbox": [float(v) for v in box],
+            "score": round(float(s), 5),
+        }
         for box, s, c in zip(xywh, scores, category_ids)
     ]
 
@@ -189,7 +196,9 @@ def _axis(length: int, tile: int, overlap: int) -> list[tuple[int, int, float, f
     return out
 
 
-def plan_windows(width: int, height: int, out_w: int, out_h: int, max_pixels: int, overlap: float) -> list[Window]:
+def plan_windows(
+    width: int, height: int, out_w: int, out_h: int, max_pixels: int, overlap: float
+) -> list[Window]:
     """Model inputs for a ``width`` x ``height`` image resized to ``out_w`` x ``out_h``.
 
     One window (the whole image) when ``out_w * out_h <= max_pixels``; otherwise a grid of
@@ -257,7 +266,9 @@ def _as_image(obj: Any, index: int) -> _Image:
             raise ValueError(f"image {index}: expected a [3, H, W] tensor, got shape {tuple(obj.shape)}")
         t = obj.expand(3, -1, -1) if obj.shape[0] == 1 else obj
     else:
-        raise TypeError(f"image {index}: expected a PIL image, numpy array or tensor, got {type(obj).__name__}")
+        raise TypeError(
+            f"image {index}: expected a PIL image, numpy array or tensor, got {type(obj).__name__}"
+        )
     if t.dtype != torch.uint8:
         t = t.float()
     if t.shape[1] == 0 or t.shape[2] == 0:
@@ -315,6 +326,7 @@ class Predictor:
         from sniper.ops.merge import build_merge
 
         self.device = torch.device(device)
+        model = getattr(model, "module", model)  # DDP: the wrapped model has .proposals
         self.model = model.to(self.device).eval()
         self.cfg = infer_cfg
         self.categories = list(categories)
@@ -395,7 +407,9 @@ class Predictor:
                 f = scale.resize_factor(W, H)
                 out_w, out_h = scaled_size(W, H, f)
                 w, h = im.size
-                for win in plan_windows(w, h, out_w, out_h, self.cfg.max_pixels_per_pass, self._overlap(scale, f)):
+                for win in plan_windows(
+                    w, h, out_w, out_h, self.cfg.max_pixels_per_pass, self._overlap(scale, f)
+                ):
                     passes.append((i, win))
             # landscape and portrait inputs apart, similar shapes together: less padding
             passes.sort(key=lambda p: (p[1].out_h > p[1].out_w, p[1].out_w / p[1].out_h))
@@ -417,7 +431,7 @@ class Predictor:
         if (win.out_h, win.out_w) != tuple(x.shape[1:]):
             x = F.interpolate(
                 x[None], size=(win.out_h, win.out_w), mode="bilinear", align_corners=False, antialias=True
-            )[0].clamp_(0.0, 1.0)
+            )[0]  # a convex combination of pixels: stays in [0, 1]
         return x
 
     @staticmethod
@@ -427,7 +441,13 @@ class Predictor:
             boxes = boxes / boxes.new_tensor([im.sx, im.sy, im.sx, im.sy])
         W, H = im.original_size
         return torch.stack(
-            [boxes[:, 0].clamp(0, W), boxes[:, 1].clamp(0, H), boxes[:, 2].clamp(0, W), boxes[:, 3].clamp(0, H)], 1
+            [
+                boxes[:, 0].clamp(0, W),
+                boxes[:, 1].clamp(0, H),
+                boxes[:, 2].clamp(0, W),
+                boxes[:, 3].clamp(0, H),
+            ],
+            1,
         )
 
     def _detections(self, merged: dict[str, torch.Tensor]) -> Detections:
@@ -603,6 +623,7 @@ def predict_proposals(
         items, _, _ = list_source(coco_or_images, image_root)
     else:
         items = list(coco_or_images)
+    model = getattr(model, "module", model)
     was_training = model.training
     predictor = Predictor(model, infer_cfg or InferConfig(), [], device, batch_size=batch_size)
     records: list[dict] = []

@@ -127,7 +127,12 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[dict] = []
     n_vis = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(items), desc="proposals" if args.proposals else "predict", unit="img", disable=args.no_progress)
+    bar = tqdm(
+        total=len(items),
+        desc="proposals" if args.proposals else "predict",
+        unit="img",
+        disable=args.no_progress,
+    )
     for n, chunk in iter_loaded(
         items,
         scales,
@@ -197,10 +202,18 @@ def _visualize(folder: Path, item, loaded, res, names: dict[int, str], args, *, 
     else:
         boxes = res.boxes
     if proposals:
-        pic = draw_detections(image, boxes, res.scores, np.zeros(len(res), np.int64), ["object"], top_k=VIS_PROPOSALS)
+        pic = draw_detections(
+            image, boxes, res.scores, np.zeros(len(res), np.int64), ["object"], top_k=VIS_PROPOSALS
+        )
     else:
         pic = draw_detections(
-            image, boxes, res.scores, res.category_ids, names, score_thresh=args.vis_thresh, top_k=args.vis_top_k
+            image,
+            boxes,
+            res.scores,
+            res.category_ids,
+            names,
+            score_thresh=args.vis_thresh,
+            top_k=args.vis_top_k,
         )
     with atomic_path(folder / f"{item.image_id}_{Path(item.file_name).stem}.jpg") as tmp:
         pic.save(tmp, format="JPEG", quality=90)

@@ -86,7 +86,9 @@ def _softnms_from(cfg: InferConfig) -> SoftNMSMerge:
 
 
 def _nms_from(cfg: InferConfig) -> NMSMerge:
-    return NMSMerge(iou_threshold=cfg.iou_thresh, score_threshold=cfg.score_thresh, max_detections=cfg.max_detections)
+    return NMSMerge(
+        iou_threshold=cfg.iou_thresh, score_threshold=cfg.score_thresh, max_detections=cfg.max_detections
+    )
 
 
 # The complete list of merge strategies: config name -> builder.

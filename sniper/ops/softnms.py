@@ -7,7 +7,7 @@ a weight that falls with the IoU:
 - gaussian: ``w = exp(-IoU^2 / sigma)`` (SNIPER merges scales with sigma 0.55);
 - linear:   ``w = 1 - IoU`` when ``IoU > iou_threshold``, else 1.
 
-A box whose score falls below ``score_threshold`` is dropped. Classes never
+A box whose score falls below ``score_threshold`` is dropped (kept: ``>=``). Classes never
 interact, so each iteration takes the current maximum of *every* class at once
 (a segment arg-max over the class index) and decays each remaining box by its
 IoU with its own class's pick: O(N) tensor work per iteration and as many
@@ -19,7 +19,10 @@ Speed-ups that do not change the result:
 - a class stops after ``max_detections`` picks (its later picks score lower than
   all of its earlier ones, so they cannot reach the final top ``max_detections``);
 - the loop ends when no box of any class is left above the threshold;
-- the working set is compacted when half of it is dead, so late iterations are cheap.
+- the working set is compacted when half of it is dead, so late iterations are cheap;
+- on CPU the loop runs with one intra-op thread (its ops are too small to split).
+
+(Exact score ties are broken by the lower input index everywhere, as the reference does.)
 
 IoU uses continuous coordinates (area = w * h, as ``torchvision.ops.box_iou``);
 a pair with zero union has IoU 0.
@@ -98,8 +101,15 @@ def soft_nms(
     # Work in float32 at least (float64 inputs stay float64).
     work = torch.promote_types(torch.promote_types(boxes.dtype, scores.dtype), torch.float32)
     with torch.no_grad(), _single_thread_on_cpu(device):
-        keep, new_scores = _soft_nms_loop(
-            boxes.to(work), scores.to(work), labels, method, sigma, iou_threshold, score_threshold, max_detections
+        keep, new_scores, _ = _soft_nms_loop(
+            boxes.to(work),
+            scores.to(work),
+            labels,
+            method,
+            sigma,
+            iou_threshold,
+            score_threshold,
+            max_detections,
         )
     if keep.numel() == 0:
         return empty
@@ -131,65 +141,72 @@ def _soft_nms_loop(
     iou_threshold: float,
     score_threshold: float,
     max_detections: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The loop; returns (keep, new_scores, number of iterations)."""
     device, work = boxes.device, boxes.dtype
     orig = (scores >= score_threshold).nonzero().squeeze(1)  # working row -> input index, ascending
     if orig.numel() == 0:
-        return orig, scores[:0]
+        return orig, scores[:0], 0
     _, cls = torch.unique(labels[orig], return_inverse=True)  # dense class index 0..C-1
     num_classes = int(cls.max()) + 1
+    # Columns (struct of arrays, so every elementwise op below reads contiguous memory):
+    # geo = [x1, y1, x2, y2, area] x rows, plus the scores. One extra sentinel row at the
+    # end (zero box, score -inf) stands for "no pick", so classes without boxes need no masks.
     b = boxes[orig]
     area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    # Rows are [x1, y1, x2, y2, area, score]; one extra all-zero sentinel row at the end,
-    # with score -inf, stands for "no pick" so that classes without boxes need no masking.
-    rows = torch.cat([b, area[:, None], scores[orig, None]], dim=1)
-    rows, orig = _with_sentinel(rows, orig)
+    geo = torch.cat([b.t(), area[None]], dim=0)
+    geo, s, orig = _with_sentinel(geo, scores[orig], orig)
     neg_inf = -math.inf
+    tiny = torch.finfo(work).tiny
     class_max = torch.empty(num_classes, dtype=work, device=device)
     pick = torch.empty(num_classes, dtype=torch.int64, device=device)
-    picks_left = None if max_detections is None else torch.full((num_classes,), max_detections, device=device)
+    picks_done = torch.zeros(num_classes, dtype=torch.int64, device=device)
 
     kept_idx: list[torch.Tensor] = []
     kept_scores: list[torch.Tensor] = []
     iteration = 0
-    n = rows.shape[0] - 1
+    n = s.shape[0] - 1
     n_alive = n
+    positions = torch.arange(n, device=device)
     while n_alive:
         if n > _COMPACT_MIN and n_alive <= _COMPACT_FRACTION * n:
-            live = (rows[:n, 5] > neg_inf).nonzero().squeeze(1)
-            rows, orig = _with_sentinel(rows[live], orig[live])
+            live = (s[:n] > neg_inf).nonzero().squeeze(1)
+            geo, s, orig = _with_sentinel(geo[:, live], s[live], orig[live])
             cls = cls[live]
             n = live.numel()
-        s = rows[:n, 5]
+            positions = torch.arange(n, device=device)
+        alive_s = s[:n]
         # Segment arg-max: the best remaining box of each class (lowest row on ties; row n if none).
-        class_max.fill_(neg_inf).scatter_reduce_(0, cls, s, reduce="amax")
-        candidate = torch.where(s == class_max.index_select(0, cls), torch.arange(n, device=device), n)
+        class_max.fill_(neg_inf).scatter_reduce_(0, cls, alive_s, reduce="amax")
+        candidate = torch.where(alive_s == class_max.index_select(0, cls), positions, n)
         pick.fill_(n).scatter_reduce_(0, cls, candidate, reduce="amin")
         pick.masked_fill_(class_max == neg_inf, n)
         kept_idx.append(orig.index_select(0, pick))
         kept_scores.append(class_max.clone())
 
         # Decay every remaining box by its IoU with its own class's pick.
-        per_box = rows.index_select(0, pick).index_select(0, cls)  # [n, 6] the pick of each box's class
-        lt = torch.maximum(rows[:n, :2], per_box[:, :2])
-        rb = torch.minimum(rows[:n, 2:4], per_box[:, 2:4])
-        inter = (rb - lt).clamp_(min=0).prod(dim=1)
-        union = (rows[:n, 4] + per_box[:, 4] - inter).clamp_(min=torch.finfo(work).tiny)
+        per_box = geo.index_select(1, pick).index_select(1, cls)  # [5, n] the pick of each box's class
+        x1, y1, x2, y2, a = geo[:, :n]
+        w = torch.minimum(x2, per_box[2]).sub_(torch.maximum(x1, per_box[0])).clamp_(min=0)
+        h = torch.minimum(y2, per_box[3]).sub_(torch.maximum(y1, per_box[1])).clamp_(min=0)
+        inter = w.mul_(h)
+        union = (a + per_box[4]).sub_(inter).clamp_(min=tiny)
         iou = inter.div_(union)  # 0 where the union is 0 (then inter is 0 too)
         if method == "gaussian":
             weight = iou.mul_(iou).mul_(-1.0 / sigma).exp_()
         else:
             weight = torch.where(iou > iou_threshold, 1.0 - iou, 1.0)
-        s.mul_(weight)
-        s.masked_fill_(s < score_threshold, neg_inf)
-        rows[:, 5].index_fill_(0, pick, neg_inf)  # the picks themselves (and the sentinel)
+        alive_s.mul_(weight)
+        alive_s.masked_fill_(alive_s < score_threshold, neg_inf)
+        s.index_fill_(0, pick, neg_inf)  # the picks themselves (and the sentinel)
         iteration += 1
-        if picks_left is not None and iteration >= max_detections:
-            # A class's later picks score below all of its earlier ones: with max_detections
-            # picks it is finished. (Before that iteration no class can have reached the cap.)
-            picks_left -= (class_max > neg_inf).long()
-            s.masked_fill_((picks_left <= 0).index_select(0, cls), neg_inf)
-        n_alive = int(torch.count_nonzero(s > neg_inf))
+        if max_detections is not None:
+            picks_done += class_max > neg_inf
+            if iteration >= max_detections:
+                # A class's later picks score below all of its earlier ones: once it has
+                # max_detections picks, the rest cannot reach the final top max_detections.
+                alive_s.masked_fill_((picks_done >= max_detections).index_select(0, cls), neg_inf)
+        n_alive = int(torch.count_nonzero(alive_s > neg_inf))
 
     keep = torch.cat(kept_idx)
     new_scores = torch.cat(kept_scores)
@@ -201,10 +218,13 @@ def _soft_nms_loop(
     order = torch.sort(new_scores, descending=True, stable=True).indices
     if max_detections is not None:
         order = order[:max_detections]
-    return keep[order], new_scores[order]
+    return keep[order], new_scores[order], iteration
 
 
-def _with_sentinel(rows: torch.Tensor, orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    sentinel = torch.zeros(1, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    sentinel[0, 5] = -math.inf
-    return torch.cat([rows, sentinel]), torch.cat([orig, orig.new_full((1,), -1)])
+def _with_sentinel(
+    geo: torch.Tensor, scores: torch.Tensor, orig: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append the "no pick" row: a zero box with score -inf and input index -1."""
+    geo = torch.cat([geo, geo.new_zeros(geo.shape[0], 1)], dim=1).contiguous()
+    scores = torch.cat([scores, scores.new_full((1,), -math.inf)])
+    return geo, scores, torch.cat([orig, orig.new_full((1,), -1)])

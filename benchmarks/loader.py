@@ -1,0 +1,272 @@
+"""Data-loading speed: chips/s of a DataLoader over ``ChipDataset`` with 0, 1 and 2 workers.
+
+    .venv/bin/python benchmarks/loader.py [--batch-size 16] [--max-chips 640] [--workdir /tmp/sniper_bench_loader]
+
+Cases (paper scales x3 / x1.667 / longest 512, K = 512, stride 32, flips on):
+
+- synthetic: ``sniper make-dataset`` images (600-2000 px JPEGs, train split), epoch 0 chips.
+- large: 10 generated 4000 x 3000 JPEGs with 150 small objects each (8-64 px; most of the
+  chips are at x3, so every decode must serve many chips).
+
+Chips/s counts the items of the batches after the first one (worker start-up and the first
+decode excluded; ``first_batch_s`` shows that separately). ``CPU ms/chip`` is the CPU time of
+the main process and its workers per chip over the same stretch: unlike chips/s it does not
+depend on what else runs on the machine (``2 cores / CPU per chip`` bounds the throughput of
+an idle 2-core machine). Peak memory is the largest sum of the PSS (shared pages split among
+the processes that map them) of the main process and its DataLoader workers, sampled every
+100 ms. The machine may be shared: the load average is recorded with the results. Prints a table and writes
+``benchmarks/results/loader.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sniper.chips import chips_columns
+from sniper.chips_cmd import ImageTask, image_chips
+from sniper.config import Config
+from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
+from sniper.data.coco import load_coco
+from sniper.data.plan import ChipBatchSampler, ChipTable
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"synthetic": 150.0, "large": 40.0}  # chips/s with 2 workers on a 2-core machine
+
+
+# ---------------------------------------------------------------- data
+
+
+def synthetic_data(workdir: Path) -> tuple[Path, Path]:
+    from sniper.data.synthetic import make_dataset
+
+    out = workdir / "synthetic"
+    if not (out / "train.json").is_file():
+        make_dataset(out, images=40, seed=0, progress=True)
+    return out / "train.json", out / "images"
+
+
+def large_data(workdir: Path, n_images: int = 10, objects: int = 150) -> tuple[Path, Path]:
+    out = workdir / "large"
+    ann = out / "train.json"
+    if ann.is_file():
+        return ann, out / "images"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    W, H = 4000, 3000
+    images, anns = [], []
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        # a cheap textured background: a small random image upsampled, plus noise
+        base = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize(
+            (W, H), Image.BILINEAR
+        )
+        arr = np.asarray(base).copy()
+        arr += rng.integers(0, 20, (H, W, 1), dtype=np.uint8)
+        for _ in range(objects):
+            s = float(np.exp(rng.uniform(np.log(8), np.log(64))))
+            x, y = rng.uniform(0, W - s), rng.uniform(0, H - s)
+            arr[int(y) : int(y + s), int(x) : int(x + s)] = rng.integers(0, 255, 3, dtype=np.uint8)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(rng.integers(1, 4)),
+                         "bbox": [float(int(x)), float(int(y)), float(int(s)), float(int(s))], "iscrowd": 0})  # fmt: skip
+        name = f"{i:03d}.jpg"
+        Image.fromarray(arr).save(out / "images" / name, quality=90)
+        images.append({"id": i + 1, "file_name": name, "width": W, "height": H})
+        print(f"large: wrote {name}", file=sys.stderr)
+    cats = [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return ann, out / "images"
+
+
+def chip_table(coco, cfg: Config) -> ChipTable:
+    parts = []
+    for i, rec in enumerate(coco.images):
+        a = coco.annotations_at(i)
+        parts += list(
+            image_chips(ImageTask(rec.id, rec.width, rec.height, a.boxes, a.iscrowd, None), cfg.chips, 0)
+        )
+    cols = chips_columns(parts)
+    cols["kind"] = np.asarray(cols["kind"]).astype(str)
+    return ChipTable.from_columns(cols)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (torch, the forked parent) split among their users,
+    so summing over main + workers does not count them twice (RSS would)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+class ProcessMonitor:
+    """Peak PSS of this process + its children, and the children's CPU seconds (sampled)."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.peak_kb = 0
+        self.child_cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        me = os.getpid()
+        kids = _children(me)
+        self.peak_kb = max(self.peak_kb, _pss_kb(me) + sum(_pss_kb(c) for c in kids))
+        for c in kids:
+            self.child_cpu[c] = max(self.child_cpu.get(c, 0.0), _cpu_s(c))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> ProcessMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(dataset: ChipDataset, table: ChipTable, workers: int, batch_size: int, max_chips: int) -> dict:
+    sampler = ChipBatchSampler(table, batch_size, seed=0, num_workers=workers)
+    source = ChipBatchSource(dataset, sampler, num_workers=workers)
+    n = first = 0
+    t_first = None
+    with ProcessMonitor() as mon:
+        start = time.perf_counter()
+        cpu0 = time.process_time()
+        for images, _targets in source.iterate(0, 0):
+            if t_first is None:
+                t_first = time.perf_counter()
+                first = images.shape[0]
+                mon.sample()
+                cpu_first = time.process_time() - cpu0 + sum(mon.child_cpu.values())
+            else:
+                n += images.shape[0]
+            if n + first >= max_chips:
+                break
+        end = time.perf_counter()
+        mon.sample()
+        cpu = time.process_time() - cpu0 + sum(mon.child_cpu.values())
+    del source
+    return {
+        "workers": workers,
+        "chips": n + first,
+        "chips_per_s": n / max(end - t_first, 1e-9),
+        "cpu_ms_per_chip": 1e3 * (cpu - cpu_first) / max(n, 1),  # main + workers, after the first batch
+        "first_batch_s": t_first - start,
+        "seconds": end - start,
+        "peak_pss_mb": mon.peak_kb / 1024,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--max-chips", type=int, default=640, help="chips per measurement (after the first batch)"
+    )
+    ap.add_argument("--workdir", default="/tmp/sniper_bench_loader")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cases", nargs="+", default=["synthetic", "large"])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    results = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_start": os.getloadavg()},
+        "settings": {"batch_size": args.batch_size, "max_chips": args.max_chips, "chip_size": cfg.chips.chip_size,
+                     "image_cache_size": cfg.data.image_cache_size, "image_cache_pixels": cfg.data.image_cache_pixels},
+        "targets_chips_per_s_2_workers": TARGETS,
+        "cases": {},
+    }  # fmt: skip
+    rows = []
+    for case in args.cases:
+        ann, images = synthetic_data(workdir) if case == "synthetic" else large_data(workdir)
+        coco = load_coco(ann)
+        table = chip_table(coco, cfg)
+        ds = ChipDataset.from_config(coco, table, images, cfg)
+        info = {
+            "images": len(coco),
+            "chips": len(table),
+            "chips_per_image": len(table) / max(1, len(coco)),
+            "runs": [],
+        }
+        for w in args.workers:
+            r = measure(ds, table, w, args.batch_size, args.max_chips)
+            info["runs"].append(r)
+            target = TARGETS[case] if w == 2 else None
+            rows.append((case, w, r, target))
+            print(f"{case:9s} workers={w}: {r['chips_per_s']:7.1f} chips/s, {r['cpu_ms_per_chip']:.1f} CPU ms/chip, peak PSS {r['peak_pss_mb']:.0f} MB",
+                  file=sys.stderr)  # fmt: skip
+        results["cases"][case] = info
+    results["machine"]["load_avg_end"] = os.getloadavg()
+
+    head = (
+        f"{'case':10s} {'workers':>7s} {'chips':>6s} {'chips/s':>8s} {'target':>7s} {'CPU ms/chip':>11s} "
+        f"{'first batch s':>13s} {'peak PSS MB':>11s}"
+    )
+    print(head)
+    print("-" * len(head))
+    for case, w, r, target in rows:
+        t = f"{target:.0f}" if target else "-"
+        ok = "" if target is None else ("  ok" if r["chips_per_s"] >= target else "  BELOW")
+        print(f"{case:10s} {w:7d} {r['chips']:6d} {r['chips_per_s']:8.1f} {t:>7s} {r['cpu_ms_per_chip']:11.1f} "
+              f"{r['first_batch_s']:13.2f} {r['peak_pss_mb']:11.0f}{ok}")  # fmt: skip
+    for case, info in results["cases"].items():
+        print(
+            f"{case}: {info['images']} images, {info['chips']} chips ({info['chips_per_image']:.1f} / image)"
+        )
+    la = results["machine"]
+    print(
+        f"load average: start {la['load_avg_start'][0]:.2f}, end {la['load_avg_end'][0]:.2f} on {la['cpus']} cpus"
+    )
+    out = ROOT / "benchmarks" / "results" / "loader.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

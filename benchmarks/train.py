@@ -1,0 +1,370 @@
+"""Training speed: SNIPER chips vs the full 3-scale image pyramid vs single-scale 800 x 1333.
+
+    .venv/bin/python benchmarks/train.py [--quick] [--data /tmp/syn] [--workers 1]
+
+Same model and settings everywhere: a MobileNetV2 SNIPER detector (ImageNet weights only if
+torchvision's file is already on disk, else random init), batch 8, the real training loop
+(``sniper.engine.train.train_stage``: forward, backward, SGD step) fed by the real loaders,
+so data loading is included. On the synthetic dataset (``sniper make-dataset``; generated into
+``--workdir`` when ``--data`` has none):
+
+(a) chips/s at 512 px chips (``ChipDataset`` + ``ChipBatchSampler``, positives + 2 negatives per
+    image) with ``train.amp`` off and on (bf16 autocast on CPU);
+(b) time per epoch of
+    - SNIPER: the epoch plan's chips (all positive chips + ``neg_per_image`` negatives per image,
+      from the chip engine; negatives mined from RANDOM boxes standing in for RPN proposals),
+      iterations per epoch x measured seconds per iteration (from (a), amp off);
+    - single scale (short 800, long <= 1333, ``FullImageBatchSource``): iterations per epoch x
+      measured seconds per iteration;
+    - the full pyramid (every image at each of ``cfg.chips.scales``: x3, x1.667, longest 512):
+      a batch of 8 images at x3 (up to ~19 MP each) does not fit in RAM, so pyramid items are
+      timed one image per iteration on a sample below ``--max-pixels``, a line
+      ``seconds = a + b * pixels`` is fitted, and the epoch is extrapolated over every item.
+      The same line's prediction for the single-scale batches is printed next to the measured
+      value as a check of the extrapolation.
+
+Pixel ratios count network input pixels (padded batch tensors: chips are 512 x 512) and image
+content pixels. Prints tables and writes ``benchmarks/results/train.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sniper.chips import chips_columns
+from sniper.chips_cmd import ImageTask, image_chips
+from sniper.config import Config, to_dict
+from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
+from sniper.data.coco import CocoDataset, load_coco
+from sniper.data.full_image import FullImageBatchSource, FullImageDataset
+from sniper.data.plan import ChipBatchSampler, ChipTable
+from sniper.engine.train import StageSpec, train_stage
+from sniper.io import atomic_write_json
+from sniper.model import build_model
+from sniper.scales import Scale
+
+ROOT = Path(__file__).resolve().parents[1]
+SINGLE_SCALE = Scale(short=800, max_size=1333)
+
+
+# ---------------------------------------------------------------- data
+
+
+def dataset(data: Path | None, workdir: Path, images: int) -> tuple[Path, Path]:
+    """(train.json, image root) of a synthetic dataset, generated if needed."""
+    if data is not None and (data / "train.json").is_file():
+        return data / "train.json", data / "images"
+    from sniper.data.synthetic import make_dataset
+
+    out = workdir / f"syn{images}"
+    if not (out / "train.json").is_file():
+        print(f"generating a synthetic dataset of {images} images in {out}", file=sys.stderr)
+        make_dataset(out, images=images, seed=0)
+    return out / "train.json", out / "images"
+
+
+def random_proposals(rng: np.random.Generator, w: int, h: int, n: int) -> np.ndarray:
+    """Boxes of log-uniform size (8 px .. half the short side) anywhere in the image."""
+    side = np.exp(rng.uniform(np.log(8), np.log(max(9, min(w, h) / 2)), (n, 2)))
+    x1 = rng.uniform(0, w - side[:, 0])
+    y1 = rng.uniform(0, h - side[:, 1])
+    return np.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], axis=1)
+
+
+def chip_table(coco: CocoDataset, cfg: Config, proposals_per_image: int) -> ChipTable:
+    rng = np.random.default_rng(0)
+    parts = []
+    for i, rec in enumerate(coco.images):
+        a = coco.annotations_at(i)
+        props = random_proposals(rng, rec.width, rec.height, proposals_per_image)
+        task = ImageTask(rec.id, rec.width, rec.height, a.boxes, a.iscrowd, props)
+        parts += list(image_chips(task, cfg.chips, cfg.seed))
+    cols = chips_columns(parts)
+    cols["kind"] = np.asarray(cols["kind"]).astype(str)
+    return ChipTable.from_columns(cols)
+
+
+# ---------------------------------------------------------------- timing
+
+
+class CountingSource:
+    """Wraps a BatchSource; records the batch size and padded tensor pixels of each batch it yields."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.batches: list[tuple[int, int]] = []
+
+    def batches_per_epoch(self) -> int:
+        return self.inner.batches_per_epoch()
+
+    def iterate(self, epoch: int, start: int):
+        for images, targets in self.inner.iterate(epoch, start):
+            self.batches.append((images.shape[0], images.shape[0] * images.shape[2] * images.shape[3]))
+            yield images, targets
+
+
+def measure(model, source, cfg: Config, iters: int, warmup: int, amp: bool) -> dict:
+    counting = CountingSource(source)
+    tc = cfg.train
+    tc.amp, tc.max_iters, tc.log_every, tc.warmup_iters = amp, warmup + iters, 1, 0
+    with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stderr(io.StringIO()):
+        res = train_stage(
+            model, counting, StageSpec("bench", 1, 1e-3), tc, Path(run_dir), device=torch.device("cpu")
+        )
+    sizes = counting.batches[: len(res.history)]
+    secs = [b / row["chips_per_s"] for (b, _), row in zip(sizes, res.history)][warmup:]
+    px = [p for _, p in sizes][warmup:]
+    if len(secs) < iters:
+        raise RuntimeError(f"only {len(res.history)} iterations ran (epoch shorter than {warmup + iters}?)")
+    return {
+        "s_per_iter": float(np.mean(secs)),
+        "s_per_iter_each": [round(s, 3) for s in secs],
+        "px_per_iter_each": px,
+        "items_per_iter": float(np.mean([b for b, _ in sizes][warmup:])),
+    }
+
+
+class ListSource:
+    """A BatchSource over a fixed list of batches (keys) of a dataset, for the pyramid sample."""
+
+    def __init__(self, source: FullImageBatchSource, batches: list[list[tuple[int, bool]]]) -> None:
+        self.source = source
+        self.batches = batches
+
+    def batches_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def iterate(self, epoch: int, start: int):
+        from torch.utils.data import DataLoader
+
+        from sniper.data.full_image import collate_full_images
+
+        return DataLoader(
+            self.source.dataset, batch_sampler=self.batches[start:], collate_fn=collate_full_images
+        )
+
+
+def epoch_pixels(source: FullImageBatchSource) -> tuple[int, int, int]:
+    """(batches, padded tensor pixels, content pixels) of epoch 0, from the plan (no decoding)."""
+    ds = source.dataset
+    tensor = content = 0
+    batches = source.epoch_batches(0)
+    for batch in batches:
+        idx = np.array([i for i, _ in batch])
+        w, h = ds.sizes[idx, 0], ds.sizes[idx, 1]
+        H, W = -(-int(h.max()) // 32) * 32, -(-int(w.max()) // 32) * 32
+        tensor += len(idx) * H * W
+        content += int((w * h).sum())
+    return len(batches), tensor, content
+
+
+def fmt_s(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.2f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    return f"{s:.1f} s"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- main
+
+
+def local_imagenet_weights() -> bool:
+    from torchvision.models import MobileNet_V2_Weights
+
+    url = MobileNet_V2_Weights.IMAGENET1K_V1.url
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return hub.is_file()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer iterations and samples (< 3 min)")
+    ap.add_argument("--data", type=Path, default=Path("/tmp/syn"), help="a `sniper make-dataset` folder")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/sniper_bench_train"))
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations per case (after warm-up)")
+    ap.add_argument("--max-pixels", type=float, default=None, help="largest pyramid item timed (MP)")
+    ap.add_argument("--proposals", type=int, default=1000, help="random proposals per image for negatives")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
+    args = ap.parse_args()
+    iters = args.iters or (2 if args.quick else 5)
+    warmup = 1
+    max_px = (args.max_pixels or (2.5 if args.quick else 5.0)) * 1e6
+    pyramid_samples = 4 if args.quick else 8
+    started = time.perf_counter()
+
+    cfg = Config()
+    cfg.model.backbone = "mobilenet_v2"
+    cfg.model.pretrained = local_imagenet_weights()
+    cfg.train.batch_size = args.batch_size
+    cfg.data.num_workers = args.workers
+    ann, image_root = dataset(args.data, args.workdir, 40 if args.quick else 160)
+    coco = load_coco(ann)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, coco.num_classes)
+    weights = "ImageNet (torchvision file on disk)" if cfg.model.pretrained else "random init"
+    print(f"data {ann} ({len(coco)} train images), mobilenet_v2 {weights}, batch {args.batch_size}, "
+          f"{args.workers} loader worker(s), torch threads {torch.get_num_threads()}", file=sys.stderr)  # fmt: skip
+
+    # ---- SNIPER chips
+    t0 = time.perf_counter()
+    chips = chip_table(coco, cfg, args.proposals)
+    chip_s = time.perf_counter() - t0
+    chip_ds = ChipDataset.from_config(coco, chips, image_root, cfg)
+
+    def chip_source() -> ChipBatchSource:
+        sampler = ChipBatchSampler(
+            chips, args.batch_size, seed=cfg.seed, negatives=True, neg_per_image=cfg.chips.neg_per_image,
+            num_workers=args.workers,
+        )  # fmt: skip
+        return ChipBatchSource(chip_ds, sampler, num_workers=args.workers)
+
+    src = chip_source()
+    plan = src.sampler.plan(0)
+    n_chips = len(plan)
+    n_pos = int((~chips.is_neg[plan.index]).sum())
+    content = chips.boxes[plan.index]
+    chip_w = np.minimum(
+        np.rint((content[:, 2] - content[:, 0]) * chips.scale[plan.index]), cfg.chips.chip_size
+    )
+    chip_h = np.minimum(
+        np.rint((content[:, 3] - content[:, 1]) * chips.scale[plan.index]), cfg.chips.chip_size
+    )
+    sniper_px = {"tensor": n_chips * cfg.chips.chip_size**2, "content": int((chip_w * chip_h).sum())}
+    sniper_iters = src.batches_per_epoch()
+    print(
+        f"chips: {n_pos} positive + {n_chips - n_pos} negative in epoch 0 ({chip_s:.1f} s to compute)",
+        file=sys.stderr,
+    )
+
+    amp_runs = {}
+    for amp in (False, True):
+        print(f"(a) chips, amp={amp} ...", file=sys.stderr)
+        amp_runs[amp] = measure(model, chip_source(), cfg, iters, warmup, amp)
+        amp_runs[amp]["chips_per_s"] = amp_runs[amp]["items_per_iter"] / amp_runs[amp]["s_per_iter"]
+
+    # ---- single scale 800 x 1333
+    print("(b) single scale 800x1333 ...", file=sys.stderr)
+    single_ds = FullImageDataset(coco, image_root, SINGLE_SCALE, cfg.data)
+    single_src = FullImageBatchSource(single_ds, args.batch_size, seed=cfg.seed, num_workers=args.workers)
+    single_iters, single_tensor, single_content = epoch_pixels(single_src)
+    single = measure(model, single_src, cfg, iters, warmup, amp=False)
+
+    # ---- pyramid: per-item times on a sample, fitted against pixels
+    print("(b) pyramid sample ...", file=sys.stderr)
+    pyr_ds = FullImageDataset(coco, image_root, cfg.chips.scales, cfg.data)
+    pyr_src = FullImageBatchSource(pyr_ds, args.batch_size, seed=cfg.seed, num_workers=args.workers)
+    pyr_iters, pyr_tensor, pyr_content = epoch_pixels(pyr_src)
+    px = pyr_ds.pixels()
+    sample = []
+    for s in range(len(cfg.chips.scales)):  # the sample spans the scales (and sizes below the cap)
+        cand = np.flatnonzero((np.arange(len(pyr_ds)) % len(cfg.chips.scales) == s) & (px <= max_px))
+        if len(cand):
+            order = np.argsort(px[cand])
+            picks = cand[
+                order[np.linspace(0, len(cand) - 1, max(1, pyramid_samples // 3)).round().astype(int)]
+            ]
+            sample += [int(i) for i in picks]
+    sample = [sample[0], *sorted(set(sample), key=lambda i: px[i])]  # first one again: warm-up
+    pyr = measure(
+        model, ListSource(pyr_src, [[(i, False)] for i in sample]), cfg, len(sample) - 1, 1, amp=False
+    )
+    x = np.array(pyr["px_per_iter_each"], dtype=np.float64)
+    y = np.array(pyr["s_per_iter_each"], dtype=np.float64)
+    b, a = np.polyfit(x, y, 1)
+    n_items = len(pyr_ds)
+    pyr_epoch_s = n_items * a + b * pyr_tensor
+    # Check: the same line's prediction for a single-scale batch, against the measured time.
+    single_pred = a * single["items_per_iter"] + b * float(np.mean(single["px_per_iter_each"]))
+
+    sniper_epoch = sniper_iters * amp_runs[False]["s_per_iter"]
+    single_epoch = single_iters * single["s_per_iter"]
+    results = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()},
+        "settings": {"backbone": "mobilenet_v2", "weights": weights, "batch_size": args.batch_size,
+                     "loader_workers": args.workers, "timed_iters": iters, "warmup_iters": warmup,
+                     "quick": args.quick, "data": str(ann), "train_images": len(coco),
+                     "negatives": f"{cfg.chips.neg_per_image}/image from {args.proposals} random boxes (not RPN)",
+                     "chips": to_dict(cfg.chips)},
+        "throughput": {("amp" if k else "fp32"): v for k, v in amp_runs.items()},
+        "epoch": {
+            "sniper": {"chips": n_chips, "positive": n_pos, "iters": sniper_iters,
+                       "s_per_iter": amp_runs[False]["s_per_iter"], "epoch_s": sniper_epoch,
+                       "px_tensor": sniper_px["tensor"], "px_content": sniper_px["content"], "how": "measured"},
+            "pyramid": {"items": n_items, "iters": pyr_iters, "epoch_s": pyr_epoch_s,
+                        "px_tensor": pyr_tensor, "px_content": pyr_content,
+                        "how": "extrapolated: s = a + b*px fitted on items timed one per iteration",
+                        "fit": {"a_s": a, "b_s_per_mp": b * 1e6}, "sample": pyr},
+            "single_800x1333": {"items": len(single_ds), "iters": single_iters, "s_per_iter": single["s_per_iter"],
+                                "epoch_s": single_epoch, "px_tensor": single_tensor, "px_content": single_content,
+                                "how": "measured", "fit_prediction_s_per_iter": single_pred, "runs": single},
+        },
+        "ratios": {
+            "pyramid_over_sniper_px_tensor": pyr_tensor / sniper_px["tensor"],
+            "pyramid_over_sniper_px_content": pyr_content / sniper_px["content"],
+            "sniper_over_pyramid_px_tensor": sniper_px["tensor"] / pyr_tensor,
+            "pyramid_over_sniper_epoch_time": pyr_epoch_s / sniper_epoch,
+        },
+        "seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    atomic_write_json(args.out, results)
+
+    fp, am = amp_runs[False], amp_runs[True]
+    print(
+        f"\n(a) training throughput, 512 px chips, batch {args.batch_size}, data loading included ({weights})"
+    )
+    print(table(
+        ["amp", "chips/s", "s/iter", "iters timed"],
+        [["off (fp32)", f"{fp['chips_per_s']:.2f}", f"{fp['s_per_iter']:.2f}", str(iters)],
+         ["on (bf16 autocast)", f"{am['chips_per_s']:.2f}", f"{am['s_per_iter']:.2f}", str(iters)]],
+    ))  # fmt: skip
+    print(f"\n(b) one epoch over {len(coco)} synthetic train images, batch {args.batch_size}, fp32")
+    e = results["epoch"]
+    print(table(
+        ["training on", "items", "iters", "s/iter", "epoch", "MP in (tensor)", "MP content", "how"],
+        [["SNIPER chips (pos + 2 neg/img)", f"{n_chips}", f"{sniper_iters}", f"{e['sniper']['s_per_iter']:.2f}",
+          fmt_s(sniper_epoch), f"{sniper_px['tensor'] / 1e6:.0f}", f"{sniper_px['content'] / 1e6:.0f}", "measured"],
+         ["full pyramid (3 scales)", f"{n_items}", f"{pyr_iters}", f"{pyr_epoch_s / pyr_iters:.2f}",
+          fmt_s(pyr_epoch_s), f"{pyr_tensor / 1e6:.0f}", f"{pyr_content / 1e6:.0f}", "extrapolated (px fit)"],
+         ["single scale 800x1333", f"{len(single_ds)}", f"{single_iters}", f"{single['s_per_iter']:.2f}",
+          fmt_s(single_epoch), f"{single_tensor / 1e6:.0f}", f"{single_content / 1e6:.0f}", "measured"]],
+    ))  # fmt: skip
+    r = results["ratios"]
+    print(f"\npixels SNIPER / pyramid: {1 / r['pyramid_over_sniper_px_tensor']:.3f} of network input "
+          f"(pyramid {r['pyramid_over_sniper_px_tensor']:.1f}x more), {1 / r['pyramid_over_sniper_px_content']:.3f} "
+          f"of image content (pyramid {r['pyramid_over_sniper_px_content']:.1f}x more); paper: ~3x fewer")  # fmt: skip
+    print(f"epoch time pyramid / SNIPER: {r['pyramid_over_sniper_epoch_time']:.1f}x")
+    print(f"pyramid fit: s = {a:.3f} + {b * 1e6:.3f} * MP over {len(x)} items of {x.min() / 1e6:.2f}-{x.max() / 1e6:.2f} MP "
+          f"(largest pyramid item {px.max() / 1e6:.1f} MP); predicts {single_pred:.2f} s for a single-scale batch, "
+          f"measured {single['s_per_iter']:.2f} s")  # fmt: skip
+    print(f"negatives: mined from {args.proposals} random boxes per image (stand-ins for RPN proposals)")
+    print(f"total {results['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""COCO box AP and proposal recall, computed by pycocotools' ``COCOeval`` itself.
+
+Two entry points:
+
+- ``evaluate_detections(gt, dets)``: AP, AP50, AP75, APs, APm, APl, AR at each
+  max-detections value, ARs/m/l and per-class AP by category name. With the default
+  settings the numbers are exactly ``COCOeval.stats``. AP uses the last (largest)
+  max-detections value, as pycocotools does.
+- ``evaluate_proposals(gt, proposals)``: class-agnostic recall as in Table 1 of the
+  paper: AR (averaged over IoU 0.5:0.05:0.95), AR50, AR75 and AR per box size,
+  by sqrt(area) 0-25, 25-50, 50-100, 100-200, 200-300 px, at N proposals per image
+  (default 300). This is ``COCOeval`` with ``useCats=0``, ``maxDets=[N]`` and the
+  squared size bounds as ``areaRng``.
+
+Sizes are those pycocotools uses: a GT box's ``area`` field (for real COCO, the
+segmentation area; filled in as w * h when missing). A bound is inclusive on both
+sides, as in pycocotools. A metric with no ground truth in its range is undefined:
+pycocotools reports -1, here it is ``None`` (JSON null); the raw pycocotools numbers
+are kept under ``stats``.
+
+``gt`` is a COCO annotation file (path) or its dict; ``dets`` is a COCO results file
+(path) or its list ``[{image_id, category_id, bbox: [x, y, w, h], score}]``. Inputs
+are validated first; problems raise ``CocoFormatError`` naming the record. Inputs are
+never modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sniper.errors import CocoFormatError
+from sniper.io import read_json
+
+__all__ = [
+    "COCO_AREA_RANGES",
+    "PROPOSAL_AREA_RANGES",
+    "evaluate_detections",
+    "evaluate_proposals",
+    "format_detection_table",
+    "format_proposal_table",
+    "load_ground_truth",
+    "load_results",
+]
+
+# pycocotools' "no upper bound" (its default areaRng uses 1e5 ** 2).
+_OPEN = 1e5
+# name -> (lo, hi) in sqrt(area) pixels. "all" is always added first.
+COCO_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "small": (0, 32),
+    "medium": (32, 96),
+    "large": (96, _OPEN),
+}
+PROPOSAL_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "0-25": (0, 25),
+    "25-50": (25, 50),
+    "50-100": (50, 100),
+    "100-200": (100, 200),
+    "200-300": (200, 300),
+}
+_SHORT = {"small": "s", "medium": "m", "large": "l"}
+
+PathOrDict = str | os.PathLike[str] | Mapping[str, Any]
+PathOrList = str | os.PathLike[str] | Sequence[Mapping[str, Any]]
+
+
+# ----------------------------------------------------------------- loading + validation
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bbox_problem(bbox: Any) -> str | None:
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"bbox has negative width or height: {list(bbox)}"
+    return None
+
+
+def load_ground_truth(gt: PathOrDict) -> dict[str, Any]:
+    """A validated deep copy of a COCO annotation dict (``area``/``iscrowd`` filled in if missing)."""
+    where = str(gt) if not isinstance(gt, Mapping) else "ground truth"
+    data = read_json(gt) if not isinstance(gt, Mapping) else gt
+    if not isinstance(data, Mapping):
+        raise CocoFormatError(f"{where}: expected a COCO object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise CocoFormatError(f"{where}: '{key}' must be a list")
+    data = copy.deepcopy(dict(data)) if isinstance(gt, Mapping) else data  # a file's dict is ours already
+    image_ids = set()
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, Mapping) or "id" not in img:
+            raise CocoFormatError(f"{where}: images[{i}] has no 'id'")
+        if img["id"] in image_ids:
+            raise CocoFormatError(f"{where}: images[{i}]: duplicate image id {img['id']}")
+        image_ids.add(img["id"])
+    cat_ids = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, Mapping) or "id" not in cat:
+            raise CocoFormatError(f"{where}: categories[{i}] has no 'id'")
+        if cat["id"] in cat_ids:
+            raise CocoFormatError(f"{where}: categories[{i}]: duplicate category id {cat['id']}")
+        cat_ids.add(cat["id"])
+    ann_ids = set()
+    for i, ann in enumerate(data["annotations"]):
+        rec = f"{where}: annotations[{i}]" + (
+            f" (id {ann['id']})" if isinstance(ann, Mapping) and "id" in ann else ""
+        )
+        if not isinstance(ann, Mapping):
+            raise CocoFormatError(f"{rec}: not an object")
+        for key in ("id", "image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise CocoFormatError(f"{rec}: missing '{key}'")
+        if ann["id"] in ann_ids:
+            raise CocoFormatError(f"{rec}: duplicate annotation id")
+        ann_ids.add(ann["id"])
+        if ann["image_id"] not in image_ids:
+            raise CocoFormatError(f"{rec}: image_id {ann['image_id']!r} is not in 'images'")
+        if ann["category_id"] not in cat_ids:
+            raise CocoFormatError(f"{rec}: category_id {ann['category_id']!r} is not in 'categories'")
+        problem = _bbox_problem(ann["bbox"])
+        if problem:
+            raise CocoFormatError(f"{rec}: {problem}")
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        elif not _is_number(ann["area"]):
+            raise CocoFormatError(f"{rec}: area must be a finite number, got {ann['area']!r}")
+        ann.setdefault("iscrowd", 0)
+    return data
+
+
+def load_results(
+    dets: PathOrList, gt: Mapping[str, Any], *, check_categories: bool = True
+) -> list[dict[str, Any]]:
+    """Validated copies of COCO results against the ground truth ``gt`` (from ``load_ground_truth``)."""
+    where = str(dets) if isinstance(dets, str | os.PathLike) else "detections"
+    data = read_json(dets) if isinstance(dets, str | os.PathLike) else dets
+    if not isinstance(data, list | tuple):
+        raise CocoFormatError(
+            f"{where}: expected a JSON list of results [{{image_id, category_id, bbox, score}}]"
+        )
+    image_ids = {img["id"] for img in gt["images"]}
+    cat_ids = {c["id"] for c in gt["categories"]}
+    out = []
+    unknown_images: dict[Any, int] = {}
+    unknown_cats: dict[Any, int] = {}
+    required = ("image_id", "bbox", "score") + (("category_id",) if check_categories else ())
+    for i, d in enumerate(data):
+        rec = f"{where}: result {i}"
+        if not isinstance(d, Mapping):
+            raise CocoFormatError(f"{rec}: not an object")
+        for key in required:
+            if key not in d:
+                raise CocoFormatError(f"{rec}: missing '{key}'")
+        problem = _bbox_problem(d["bbox"])
+        if problem:
+            raise CocoFormatError(f"{rec}: {problem}")
+        if not _is_number(d["score"]):
+            raise CocoFormatError(f"{rec}: score must be a finite number, got {d['score']!r}")
+        if d["image_id"] not in image_ids:
+            unknown_images.setdefault(d["image_id"], i)
+        if check_categories and d["category_id"] not in cat_ids:
+            unknown_cats.setdefault(d["category_id"], i)
+        out.append(
+            {
+                "image_id": d["image_id"],
+                "category_id": d.get("category_id", 1) if check_categories else 1,
+                "bbox": [float(v) for v in d["bbox"]],
+                "score": float(d["score"]),
+            }
+        )
+    if unknown_images:
+        listed = ", ".join(f"{k!r} (result {i})" for k, i in list(unknown_images.items())[:5])
+        more = f" and {len(unknown_images) - 5} more" if len(unknown_images) > 5 else ""
+        raise CocoFormatError(f"{where}: image_id not in the ground truth: {listed}{more}")
+    if unknown_cats:
+        listed = ", ".join(f"{k!r} (result {i})" for k, i in list(unknown_cats.items())[:5])
+        more = f" and {len(unknown_cats) - 5} more" if len(unknown_cats) > 5 else ""
+        raise CocoFormatError(
+            f"{where}: category_id not in the ground truth: {listed}{more}; valid: {sorted(cat_ids)}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------- pycocotools
+
+
+def _run_cocoeval(
+    gt: dict[str, Any],
+    results: list[dict[str, Any]],
+    *,
+    use_cats: bool,
+    max_dets: Sequence[int],
+    area_ranges: Mapping[str, tuple[float, float]],
+):
+    """Run COCOeval.evaluate() + accumulate() quietly; return the COCOeval object."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes cannot take an empty list
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(gt["images"]), "categories": copy.deepcopy(gt["categories"])}
+            coco_dt.dataset["annotations"] = []
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.useCats = int(use_cats)
+        ev.params.maxDets = [int(m) for m in max_dets]
+        ranges = {"all": (0, _OPEN), **area_ranges}
+        ev.params.areaRng = [[float(lo) ** 2, float(hi) ** 2] for lo, hi in ranges.values()]
+        ev.params.areaRngLbl = list(ranges)
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
+def _mean_defined(s: np.ndarray) -> float:
+    """pycocotools' summary: mean over entries > -1, or -1 if there are none."""
+    s = s[s > -1]
+    return float(np.mean(s)) if s.size else -1.0
+
+
+def _summary(ev, kind: str, *, iou: float | None = None, area: str = "all", max_det: int) -> float:
+    p = ev.params
+    a = p.areaRngLbl.index(area)
+    m = list(p.maxDets).index(max_det)
+    if kind == "ap":
+        s = ev.eval["precision"]  # [T, R, K, A, M]
+        if iou is not None:
+            s = s[np.where(iou == p.iouThrs)[0]]
+        return _mean_defined(s[:, :, :, a, m])
+    s = ev.eval["recall"]  # [T, K, A, M]
+    if iou is not None:
+        s = s[np.where(iou == p.iouThrs)[0]]
+    return _mean_defined(s[:, :, a, m])
+
+
+def _defined(v: float) -> float | None:
+    return None if v == -1 else v
+
+
+def _check_max_dets(max_dets: Sequence[int]) -> list[int]:
+    out = [int(m) for m in max_dets]
+    if not out or any(m < 1 for m in out) or len(set(out)) != len(out):
+        raise ValueError(f"max detections must be distinct positive integers, got {list(max_dets)}")
+    return sorted(out)
+
+
+def _area_key(prefix: str, name: str) -> str:
+    return prefix + _SHORT[name] if name in _SHORT else f"{prefix}_{name}"
+
+
+def evaluate_detections(
+    gt: PathOrDict,
+    dets: PathOrList,
+    *,
+    max_dets: Sequence[int] = (1, 10, 100),
+    area_ranges: Mapping[str, tuple[float, float]] | None = None,
+    per_class: bool = True,
+) -> dict[str, Any]:
+    """COCO box AP of ``dets`` against ``gt`` (see the module docstring).
+
+    Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR@<m>" for each max-dets value,
+    "ARs", "ARm", "ARl", "per_class": {category name: AP}, "stats": [...], ...}``: fractions in
+    [0, 1], ``None`` where undefined. Custom ``area_ranges`` (name -> (lo, hi) sqrt-area px)
+    give keys ``AP_<name>``/``AR_<name>`` (``small``/``medium``/``large`` keep ``APs``...).
+    ``stats`` holds the raw pycocotools numbers in ``COCOeval.stats`` order (-1 undefined).
+    """
+    max_dets = _check_max_dets(max_dets)
+    area_ranges = dict(COCO_AREA_RANGES if area_ranges is None else area_ranges)
+    gt_data = load_ground_truth(gt)
+    results = load_results(dets, gt_data)
+    ev = _run_cocoeval(gt_data, results, use_cats=True, max_dets=max_dets, area_ranges=area_ranges)
+    top = max_dets[-1]
+    stats = [
+        _summary(ev, "ap", max_det=top),
+        _summary(ev, "ap", iou=0.5, max_det=top),
+        _summary(ev, "ap", iou=0.75, max_det=top),
+        *[_summary(ev, "ap", area=a, max_det=top) for a in area_ranges],
+        *[_summary(ev, "ar", max_det=m) for m in max_dets],
+        *[_summary(ev, "ar", area=a, max_det=top) for a in area_ranges],
+    ]
+    names = (
+        ["AP", "AP50", "AP75"]
+        + [_area_key("AP", a) for a in area_ranges]
+        + [f"AR@{m}" for m in max_dets]
+        + [_area_key("AR", a) for a in area_ranges]
+    )
+    metrics: dict[str, Any] = {k: _defined(v) for k, v in zip(names, stats)}
+    if per_class:
+        metrics["per_class"] = _per_class_ap(ev, gt_data)
+    metrics.update(
+        stats=stats,
+        max_dets=max_dets,
+        area_ranges={k: list(v) for k, v in area_ranges.items()},
+        num_images=len(gt_data["images"]),
+        num_detections=len(results),
+    )
+    return metrics
+
+
+def _per_class_ap(ev, gt: Mapping[str, Any]) -> dict[str, float | None]:
+    """AP at IoU 0.50:0.95, all areas, the largest max-dets, by category name."""
+    precision = ev.eval["precision"]  # [T, R, K, A, M]
+    a = ev.params.areaRngLbl.index("all")
+    names = [str(c.get("name", c["id"])) for c in gt["categories"]]
+    by_id = {c["id"]: n for c, n in zip(gt["categories"], names)}
+    dup = {n for n in names if names.count(n) > 1}
+    out = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        name = by_id[cat_id] if by_id[cat_id] not in dup else f"{by_id[cat_id]} ({cat_id})"
+        out[name] = _defined(_mean_defined(precision[:, :, k, a, -1]))
+    return out
+
+
+def evaluate_proposals(
+    gt: PathOrDict,
+    proposals: PathOrList,
+    *,
+    max_proposals: int | Sequence[int] = 300,
+    area_ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, Any]:
+    """Class-agnostic proposal recall (paper Table 1); ``category_id`` of proposals is ignored.
+
+    Returns ``{"AR", "AR50", "AR75", "AR_0-25", ..., "AR_200-300", "max_proposals": N,
+    "num_gt": {range: count}, "by_max_proposals": {"N": {...}}}`` at the largest N given.
+    """
+    ks = _check_max_dets([max_proposals] if isinstance(max_proposals, int) else max_proposals)
+    area_ranges = dict(PROPOSAL_AREA_RANGES if area_ranges is None else area_ranges)
+    gt_data = load_ground_truth(gt)
+    results = load_results(proposals, gt_data, check_categories=False)
+    ev = _run_cocoeval(gt_data, results, use_cats=False, max_dets=ks, area_ranges=area_ranges)
+    by_k = {}
+    for k in ks:
+        row = {
+            "AR": _summary(ev, "ar", max_det=k),
+            "AR50": _summary(ev, "ar", iou=0.5, max_det=k),
+            "AR75": _summary(ev, "ar", iou=0.75, max_det=k),
+        }
+        row.update({f"AR_{a}": _summary(ev, "ar", area=a, max_det=k) for a in area_ranges})
+        by_k[str(k)] = {name: _defined(v) for name, v in row.items()}
+    metrics: dict[str, Any] = dict(by_k[str(ks[-1])])
+    metrics.update(
+        max_proposals=ks[-1],
+        num_gt=_count_gt(gt_data, {"all": (0, _OPEN), **area_ranges}),
+        by_max_proposals=by_k,
+        area_ranges={k: list(v) for k, v in area_ranges.items()},
+        num_images=len(gt_data["images"]),
+        num_proposals=len(results),
+    )
+    return metrics
+
+
+def _count_gt(gt: Mapping[str, Any], ranges: Mapping[str, tuple[float, float]]) -> dict[str, int]:
+    """Non-crowd GT boxes per size range, with pycocotools' inclusive bounds on ``area``."""
+    areas = np.array([a["area"] for a in gt["annotations"] if not a.get("iscrowd", 0)], dtype=np.float64)
+    return {k: int(np.sum((areas >= lo**2) & (areas <= hi**2))) for k, (lo, hi) in ranges.items()}
+
+
+# ----------------------------------------------------------------- tables
+
+
+def _fmt(v: float | None) -> str:
+    return "  n/a" if v is None else f"{v:.3f}"
+
+
+def _range_label(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}" if hi < _OPEN else f">={lo:g}"
+
+
+def format_detection_table(m: Mapping[str, Any]) -> str:
+    """Fixed-width text table of ``evaluate_detections`` output."""
+    top = m["max_dets"][-1]
+    areas = m["area_ranges"]
+    rows = [("AP", "0.50:0.95", "all", top), ("AP50", "0.50", "all", top), ("AP75", "0.75", "all", top)]
+    rows += [(_area_key("AP", a), "0.50:0.95", a, top) for a in areas]
+    rows += [(f"AR@{k}", "0.50:0.95", "all", k) for k in m["max_dets"]]
+    rows += [(_area_key("AR", a), "0.50:0.95", a, top) for a in areas]
+    lines = [
+        f"COCO box evaluation: {m['num_images']} images, {m['num_detections']} detections",
+        f"{'metric':<12} {'IoU':<10} {'area':<16} {'maxDets':>7} {'value':>6}",
+    ]
+    for key, iou, area, k in rows:
+        area_txt = area if area == "all" else f"{area} ({_range_label(*areas[area])})"
+        lines.append(f"{key:<12} {iou:<10} {area_txt:<16} {k:>7} {_fmt(m[key]):>6}")
+    if m.get("per_class"):
+        width = max(12, *(len(n) for n in m["per_class"]))
+        lines += [
+            "",
+            f"per-class AP (IoU 0.50:0.95, area all, maxDets {top})",
+            f"{'category':<{width}} {'AP':>6}",
+        ]
+        lines += [f"{name:<{width}} {_fmt(ap):>6}" for name, ap in m["per_class"].items()]
+    return "\n".join(lines)
+
+
+def format_proposal_table(m: Mapping[str, Any]) -> str:
+    """Fixed-width text table of ``evaluate_proposals`` output: one column per N proposals."""
+    ks = list(m["by_max_proposals"])
+    keys = ["AR", "AR50", "AR75"] + [f"AR_{a}" for a in m["area_ranges"]]
+    lines = [
+        f"proposal recall (class-agnostic): {m['num_images']} images, {m['num_proposals']} proposals, "
+        f"{m['num_gt']['all']} GT boxes",
+        f"{'metric':<12} {'#GT':>6} " + " ".join(f"{'@' + k:>7}" for k in ks),
+    ]
+    for key in keys:
+        n_gt = m["num_gt"]["all"] if key in ("AR", "AR50", "AR75") else m["num_gt"][key[3:]]
+        cells = " ".join(f"{_fmt(m['by_max_proposals'][k][key]):>7}" for k in ks)
+        lines.append(f"{key:<12} {n_gt:>6} {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""``sniper evaluate``: COCO box AP of detections, or proposal recall (``--proposals``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from sniper.engine.evaluate import (
+    evaluate_detections,
+    evaluate_proposals,
+    format_detection_table,
+    format_proposal_table,
+)
+from sniper.io import atomic_write_json
+
+
+def _area_range(text: str) -> tuple[str, tuple[float, float]]:
+    """``NAME=LO,HI`` in sqrt(area) pixels; HI may be ``inf``."""
+    try:
+        name, bounds = text.split("=", 1)
+        lo, hi = (float(v) for v in bounds.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=LO,HI (sqrt-area pixels), got {text!r}") from None
+    if not name or name == "all" or not (0 <= lo < hi):
+        raise argparse.ArgumentTypeError(
+            f"bad area range {text!r}: need a name other than 'all' and 0 <= LO < HI"
+        )
+    return name, (lo, 1e5 if math.isinf(hi) else hi)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--annotations", required=True, help="ground-truth COCO annotation JSON")
+    p.add_argument(
+        "--detections", required=True, help="COCO results JSON [{image_id, category_id, bbox, score}]"
+    )
+    p.add_argument(
+        "--proposals",
+        action="store_true",
+        help="treat the results as class-agnostic proposals and report recall (AR, AR50, AR75, by size)",
+    )
+    p.add_argument(
+        "--max-dets",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="max detections per image (default 1 10 100; with --proposals: 300, e.g. 100 300 1000)",
+    )
+    p.add_argument(
+        "--area-range",
+        dest="area_ranges",
+        type=_area_range,
+        action="append",
+        default=None,
+        metavar="NAME=LO,HI",
+        help="size range in sqrt(area) px, repeatable; replaces the defaults "
+        "(small/medium/large 0-32-96-inf; with --proposals 0-25-50-100-200-300)",
+    )
+    p.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    p.add_argument(
+        "--per-class",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="report AP per category (detections only)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    areas = dict(args.area_ranges) if args.area_ranges else None
+    if args.proposals:
+        metrics = evaluate_proposals(
+            args.annotations, args.detections, max_proposals=args.max_dets or [300], area_ranges=areas
+        )
+        print(format_proposal_table(metrics))
+    else:
+        metrics = evaluate_detections(
+            args.annotations,
+            args.detections,
+            max_dets=args.max_dets or [1, 10, 100],
+            area_ranges=areas,
+            per_class=args.per_class,
+        )
+        print(format_detection_table(metrics))
+    if args.out:
+        atomic_write_json(args.out, metrics)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,347 @@
+"""`sniper.engine.evaluate` and `sniper evaluate` against raw pycocotools and hand-made cases."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sniper.cli import main
+from sniper.engine.evaluate import evaluate_detections, evaluate_proposals
+from sniper.errors import CocoFormatError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GT = FIXTURES / "eval_gt.json"
+DETS = FIXTURES / "eval_dets.json"
+KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR@1", "AR@10", "AR@100", "ARs", "ARm", "ARl"]
+
+
+def raw_cocoeval(gt_path, dets_path, *, use_cats=True, max_dets=None, area_rng=None, area_lbl=None):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        dt = gt.loadRes(str(dets_path))
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.useCats = int(use_cats)
+        if max_dets is not None:
+            ev.params.maxDets = max_dets
+        if area_rng is not None:
+            ev.params.areaRng, ev.params.areaRngLbl = area_rng, area_lbl
+        ev.evaluate()
+        ev.accumulate()
+        if max_dets is None and area_rng is None:
+            ev.summarize()
+    return ev
+
+
+# ----------------------------------------------------------------- AP == pycocotools
+
+
+def test_fixture_has_what_the_test_needs():
+    gt = json.loads(GT.read_text())
+    assert any(a["iscrowd"] for a in gt["annotations"])
+    assert len({a["category_id"] for a in gt["annotations"]}) == 3 and len(gt["categories"]) == 4
+    assert {img["id"] for img in gt["images"]} - {
+        a["image_id"] for a in gt["annotations"]
+    }  # an image without GT
+
+
+def test_matches_pycocotools_exactly():
+    ev = raw_cocoeval(GT, DETS)
+    m = evaluate_detections(GT, DETS)
+    assert m["stats"] == [float(s) for s in ev.stats]  # exact, every stat
+    for key, s in zip(KEYS, ev.stats):
+        assert m[key] == (None if s == -1 else float(s)), key
+    assert 0 < m["AP"] < 1 and m["AP"] != m["AR@100"]
+    # per class: pycocotools precision averaged per category, by name
+    precision = ev.eval["precision"][:, :, :, 0, -1]
+    expected = {}
+    names = {c["id"]: c["name"] for c in ev.cocoGt.dataset["categories"]}
+    for k, cat in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        expected[names[cat]] = float(np.mean(p[p > -1])) if (p > -1).any() else None
+    assert m["per_class"] == expected
+    assert m["per_class"]["unused"] is None and all(
+        m["per_class"][n] is not None for n in ("circle", "square")
+    )
+
+
+def test_accepts_dict_and_list_and_does_not_modify_them():
+    gt = json.loads(GT.read_text())
+    dets = json.loads(DETS.read_text())
+    gt0, dets0 = copy.deepcopy(gt), copy.deepcopy(dets)
+    m = evaluate_detections(gt, dets)
+    assert gt == gt0 and dets == dets0
+    assert m["stats"] == evaluate_detections(GT, DETS)["stats"]
+
+
+def test_custom_max_dets_and_area_ranges_match_pycocotools():
+    rng_lbl = ["all", "tiny", "big"]
+    rng = [[0.0, 1e10], [0.0, 20.0**2], [20.0**2, 1e10]]
+    ev = raw_cocoeval(GT, DETS, max_dets=[2, 5], area_rng=rng, area_lbl=rng_lbl)
+    m = evaluate_detections(GT, DETS, max_dets=[5, 2], area_ranges={"tiny": (0, 20), "big": (20, 1e5)})
+    p, r = ev.eval["precision"], ev.eval["recall"]
+
+    def mean(s):
+        return float(np.mean(s[s > -1]))
+
+    assert m["AP"] == mean(p[:, :, :, 0, 1])
+    assert m["AP50"] == mean(p[0, :, :, 0, 1])
+    assert m["AP_tiny"] == mean(p[:, :, :, 1, 1])
+    assert m["AP_big"] == mean(p[:, :, :, 2, 1])
+    assert m["AR@2"] == mean(r[:, :, 0, 0]) and m["AR@5"] == mean(r[:, :, 0, 1])
+    assert m["AR_tiny"] == mean(r[:, :, 1, 1])
+    assert m["max_dets"] == [2, 5]
+
+
+def test_empty_detections_give_zeros():
+    m = evaluate_detections(GT, [])
+    assert m["AP"] == 0.0 and m["AP50"] == 0.0 and m["AR@100"] == 0.0
+    assert all(v in (0.0, None) for v in m["per_class"].values())
+    assert m["per_class"]["circle"] == 0.0
+    p = evaluate_proposals(GT, [])
+    assert p["AR"] == 0.0 and p["AR50"] == 0.0
+
+
+def test_perfect_detections_give_one():
+    gt = json.loads(GT.read_text())
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
+    m = evaluate_detections(gt, dets)
+    assert m["AP"] == pytest.approx(1.0) and m["AP75"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------- proposal recall
+
+
+def _tiny_gt(sizes, image_size=1000):
+    """One image, GT squares of the given side lengths laid out on a diagonal without overlap."""
+    anns, x = [], 0.0
+    for i, side in enumerate(sizes):
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 1 + i % 2,
+                "bbox": [x, x, side, side],
+                "area": side * side,
+                "iscrowd": 0,
+            }
+        )
+        x += side + 5
+    return {
+        "images": [{"id": 1, "width": image_size, "height": image_size, "file_name": "a.png"}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+
+
+def test_proposal_recall_hand_checked():
+    gt = _tiny_gt([40, 40, 40, 40])
+    b = [a["bbox"] for a in gt["annotations"]]
+    props = [
+        {"image_id": 1, "category_id": 1, "bbox": b[0], "score": 0.9},  # exact
+        {"image_id": 1, "category_id": 7, "bbox": b[1], "score": 0.8},  # exact; category ignored
+    ]
+    m = evaluate_proposals(gt, props)
+    assert (
+        m["AR50"] == pytest.approx(0.5) and m["AR75"] == pytest.approx(0.5) and m["AR"] == pytest.approx(0.5)
+    )
+    # third GT covered at IoU 0.62: counts at thresholds 0.50, 0.55, 0.60 only
+    x, y, w, h = b[2]
+    props.append({"image_id": 1, "category_id": 1, "bbox": [x, y, w, h * 0.62], "score": 0.7})
+    m = evaluate_proposals(gt, props)
+    assert m["AR50"] == pytest.approx(0.75)
+    assert m["AR75"] == pytest.approx(0.5)
+    assert m["AR"] == pytest.approx((3 * 0.75 + 7 * 0.5) / 10)
+    assert m["max_proposals"] == 300 and m["num_gt"]["all"] == 4
+
+
+def test_proposal_recall_respects_max_proposals():
+    gt = _tiny_gt([40, 40])
+    b = [a["bbox"] for a in gt["annotations"]]
+    junk = [{"image_id": 1, "category_id": 1, "bbox": [900, 900, 10, 10], "score": 0.99}] * 5
+    props = junk + [
+        {"image_id": 1, "bbox": b[0], "score": 0.5, "category_id": 1},
+        {"image_id": 1, "bbox": b[1], "score": 0.4, "category_id": 1},
+    ]
+    m = evaluate_proposals(gt, props, max_proposals=[5, 6, 100])
+    assert m["by_max_proposals"]["5"]["AR50"] == 0.0
+    assert m["by_max_proposals"]["6"]["AR50"] == pytest.approx(0.5)
+    assert m["by_max_proposals"]["100"]["AR50"] == pytest.approx(1.0)
+    assert m["AR50"] == pytest.approx(1.0) and m["max_proposals"] == 100
+
+
+def test_size_buckets():
+    # sqrt-areas 10, 30, 70, 150, 250, 400: one per paper bucket plus one above all of them
+    sides = [10, 30, 70, 150, 250, 400]
+    gt = _tiny_gt(sides, image_size=2000)
+    b = [a["bbox"] for a in gt["annotations"]]
+    found = [1, 3, 4]  # 30, 150, 250 found
+    props = [{"image_id": 1, "category_id": 1, "bbox": b[i], "score": 1.0 - i / 10} for i in found]
+    m = evaluate_proposals(gt, props)
+    assert m["num_gt"] == {"all": 6, "0-25": 1, "25-50": 1, "50-100": 1, "100-200": 1, "200-300": 1}
+    assert (m["AR_0-25"], m["AR_25-50"], m["AR_50-100"], m["AR_100-200"], m["AR_200-300"]) == (0, 1, 0, 1, 1)
+    assert m["AR"] == pytest.approx(0.5)
+
+
+def test_size_bucket_bound_is_inclusive_like_pycocotools():
+    gt = _tiny_gt([50], image_size=200)  # sqrt-area exactly 50: in 25-50 and 50-100
+    m = evaluate_proposals(gt, [{"image_id": 1, "bbox": gt["annotations"][0]["bbox"], "score": 1.0}])
+    assert m["num_gt"]["25-50"] == 1 and m["num_gt"]["50-100"] == 1
+    assert m["AR_25-50"] == 1.0 and m["AR_50-100"] == 1.0 and m["AR_0-25"] is None
+
+
+def test_proposals_match_raw_pycocotools():
+    rng = [
+        [0.0, 1e10],
+        [0.0, 625.0],
+        [625.0, 2500.0],
+        [2500.0, 10000.0],
+        [10000.0, 40000.0],
+        [40000.0, 90000.0],
+    ]
+    lbl = ["all", "0-25", "25-50", "50-100", "100-200", "200-300"]
+    ev = raw_cocoeval(GT, DETS, use_cats=False, max_dets=[300], area_rng=rng, area_lbl=lbl)
+    r = ev.eval["recall"]
+    m = evaluate_proposals(GT, DETS)
+    assert m["AR"] == float(np.mean(r[:, 0, 0, 0]))
+    assert m["AR50"] == float(r[0, 0, 0, 0]) and m["AR75"] == float(r[5, 0, 0, 0])
+    for a, name in enumerate(lbl[1:], start=1):
+        s = r[:, 0, a, 0]
+        assert m[f"AR_{name}"] == (float(np.mean(s[s > -1])) if (s > -1).any() else None)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_unknown_image_id_is_named():
+    dets = json.loads(DETS.read_text()) + [
+        {"image_id": 999, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
+    ]
+    with pytest.raises(CocoFormatError, match="image_id not in the ground truth: 999"):
+        evaluate_detections(GT, dets)
+    with pytest.raises(CocoFormatError, match="999"):
+        evaluate_proposals(GT, dets)
+
+
+def test_unknown_category_is_named():
+    dets = [{"image_id": 10, "category_id": 42, "bbox": [0, 0, 5, 5], "score": 0.5}]
+    with pytest.raises(
+        CocoFormatError, match=r"category_id not in the ground truth: 42 .*valid: \[1, 2, 5, 7\]"
+    ):
+        evaluate_detections(GT, dets)
+
+
+@pytest.mark.parametrize(
+    ("dets", "message"),
+    [
+        ({"annotations": []}, "expected a JSON list"),
+        ([{"image_id": 10, "category_id": 1, "score": 0.5}], "result 0: missing 'bbox'"),
+        ([{"image_id": 10, "category_id": 1, "bbox": [0, 0, 5], "score": 0.5}], "result 0: bbox must be 4"),
+        (
+            [{"image_id": 10, "category_id": 1, "bbox": [0, 0, 5, 5], "score": "high"}],
+            "score must be a finite",
+        ),
+        ([{"image_id": 10, "category_id": 1, "bbox": [0, 0, -5, 5], "score": 0.5}], "negative width"),
+    ],
+)
+def test_malformed_results(dets, message):
+    with pytest.raises(CocoFormatError, match=message):
+        evaluate_detections(GT, dets)
+
+
+def test_malformed_ground_truth():
+    gt = json.loads(GT.read_text())
+    gt["annotations"][2]["bbox"] = [1, 2, float("nan"), 4]
+    with pytest.raises(CocoFormatError, match=r"annotations\[2\] \(id 3\): bbox"):
+        evaluate_detections(gt, [])
+    with pytest.raises(CocoFormatError, match="'images' must be a list"):
+        evaluate_detections({"annotations": [], "categories": []}, [])
+
+
+def test_missing_area_is_box_area():
+    gt = json.loads(GT.read_text())
+    for a in gt["annotations"]:
+        a.pop("area")
+    dets = json.loads(DETS.read_text())
+    assert (
+        evaluate_detections(gt, dets)["stats"] == evaluate_detections(GT, dets)["stats"]
+    )  # fixture area = w*h
+
+
+# ----------------------------------------------------------------- CLI
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--annotations", str(GT), "--detections", str(DETS), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "AP50" in text and "per-class AP" in text and "triangle" in text
+    data = json.loads(out.read_text())
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert isinstance(data[key], float) and 0 <= data[key] <= 1
+    assert set(data["per_class"]) == {"circle", "square", "triangle", "unused"}
+    assert data["stats"] == evaluate_detections(GT, DETS)["stats"]
+
+
+def test_cli_table_is_fixed_width(capsys):
+    assert main(["evaluate", "--annotations", str(GT), "--detections", str(DETS), "--no-per-class"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in lines[1:] if ln.strip()]
+    assert "per-class" not in "\n".join(lines)
+    assert len({len(r) for r in rows}) == 1  # every row of the table has the same width
+
+
+def test_cli_proposals(tmp_path, capsys):
+    out = tmp_path / "recall.json"
+    args = ["evaluate", "--annotations", str(GT), "--detections", str(DETS), "--proposals"]
+    assert main([*args, "--max-dets", "100", "300", "1000", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "@100" in text and "@1000" in text and "AR_200-300" in text
+    data = json.loads(out.read_text())
+    assert data["max_proposals"] == 1000 and set(data["by_max_proposals"]) == {"100", "300", "1000"}
+
+
+def test_cli_custom_area_range(capsys):
+    args = ["evaluate", "--annotations", str(GT), "--detections", str(DETS), "--area-range", "tiny=0,20"]
+    assert main([*args, "--area-range", "rest=20,inf"]) == 0
+    assert "AP_tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[{", "not valid JSON"),
+        (
+            '[{"image_id": 999, "category_id": 1, "bbox": [0,0,1,1], "score": 1}]',
+            "image_id not in the ground truth: 999",
+        ),
+        (
+            '[{"image_id": 10, "category_id": 3, "bbox": [0,0,1,1], "score": 1}]',
+            "category_id not in the ground truth: 3",
+        ),
+    ],
+)
+def test_cli_bad_input_exits_2(tmp_path, capsys, content, message):
+    bad = tmp_path / "dets.json"
+    bad.write_text(content)
+    assert main(["evaluate", "--annotations", str(GT), "--detections", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sniper evaluate: error:") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_missing_file_exits_2(tmp_path, capsys):
+    assert main(["evaluate", "--annotations", str(tmp_path / "nope.json"), "--detections", str(DETS)]) == 2
+    assert "nope.json" in capsys.readouterr().err
