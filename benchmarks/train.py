@@ -330,6 +330,7 @@ def main() -> int:
             "pyramid_over_sniper_epoch_time": pyr_epoch_s / sniper_epoch,
         },
         "seconds": time.perf_counter() - started,
+        "load_avg_end": os.getloadavg(),
     }  # fmt: skip
     atomic_write_json(args.out, results)
 
@@ -362,7 +363,9 @@ def main() -> int:
           f"(largest pyramid item {px.max() / 1e6:.1f} MP); predicts {single_pred:.2f} s for a single-scale batch, "
           f"measured {single['s_per_iter']:.2f} s")  # fmt: skip
     print(f"negatives: mined from {args.proposals} random boxes per image (stand-ins for RPN proposals)")
-    print(f"total {results['seconds']:.0f} s; wrote {args.out}")
+    la0, la1 = results["machine"]["load_avg_start"][0], results["load_avg_end"][0]
+    print(f"total {results['seconds']:.0f} s; load average {la0:.1f} at start, {la1:.1f} at end "
+          f"({os.cpu_count()} cpus); wrote {args.out}")  # fmt: skip
     return 0
 
 

@@ -7,8 +7,9 @@ epoch 0 (stride :func:`sniper.chips.epoch_stride` of ``(seed, 0)``, tie-breaks f
 ``(seed, 0, image_id)``), so the output is a function of the inputs and the seed,
 whatever ``--workers`` is.
 
-Pixel counts: every chip counts ``K * K`` pixels (chips are zero-padded to ``K``, so
-that is what the network processes). ``pixels_vs_single_scale`` divides by the pixels
+Pixel counts: a chip counts its content pixels (its window in the scaled image, at most
+``K x K``; the ``_padded`` variants count ``K * K`` per chip, what a padded batch feeds the
+network). ``pixels_vs_single_scale`` divides by the pixels
 of every image resized to short side 800, long side at most 1333;
 ``pixels_vs_full_pyramid`` by the pixels of every image at every training scale.
 Both count positives plus ``min(pool, neg_per_image)`` negatives per image (one
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sniper.chips import ImageChips, chip_labels, epoch_stride, negative_chips, positive_chips
+from sniper.chips import ImageChips, chip_labels, epoch_pool, epoch_stride
 from sniper.config import ChipConfig, Config, load_config, to_dict
 from sniper.data.coco import CocoDataset, CocoResults, load_coco, load_results
 from sniper.errors import BadImageError
@@ -78,23 +79,17 @@ class ImageTask:
 
 def image_chips(task: ImageTask, cfg: ChipConfig, seed: int) -> tuple[ImageChips, ImageChips]:
     """(positives, negative pool) of one image, epoch 0."""
-    stride = epoch_stride(cfg, seed, 0)
-    key = (seed, 0, task.image_id)
-    pos = positive_chips(
+    return epoch_pool(
+        task.image_id,
         task.boxes,
         task.width,
         task.height,
         cfg,
         iscrowd=task.iscrowd,
-        seed=key,
-        stride=stride,
-        image_id=task.image_id,
+        proposals=task.proposals,
+        seed=seed,
+        epoch=0,
     )
-    if task.proposals is None:
-        neg = ImageChips.concat([], image_id=task.image_id)
-    else:
-        neg = negative_chips(task.proposals, pos, task.width, task.height, cfg, seed=key, stride=stride)
-    return pos, neg
 
 
 @dataclass
@@ -106,11 +101,14 @@ class Totals:
     images_without_pos: int = 0
     single_px: float = 0.0
     pyramid_px: float = 0.0
+    pos_px: float = 0.0  # content pixels of the positive chips
+    neg_sampled_px: float = 0.0  # expected content pixels of the negatives sampled per epoch
     pos_per_scale: list[int] = field(default_factory=list)
     neg_per_scale: list[int] = field(default_factory=list)
 
     def merge(self, o: Totals) -> None:
-        for k in ("images", "pos", "neg", "neg_sampled", "images_without_pos", "single_px", "pyramid_px"):
+        for k in ("images", "pos", "neg", "neg_sampled", "images_without_pos", "single_px", "pyramid_px",
+                  "pos_px", "neg_sampled_px"):
             setattr(self, k, getattr(self, k) + getattr(o, k))
         self.pos_per_scale = _add_lists(self.pos_per_scale, o.pos_per_scale)
         self.neg_per_scale = _add_lists(self.neg_per_scale, o.neg_per_scale)
@@ -129,6 +127,11 @@ def _init_worker(cfg: ChipConfig, seed: int) -> None:
     _worker_state["seed"] = seed
 
 
+def _content_px(chips: ImageChips) -> np.ndarray:
+    w = chips.windows
+    return ((w[:, 2] - w[:, 0]) * (w[:, 3] - w[:, 1])).astype(np.float64)
+
+
 def _process_shard(tasks: list[ImageTask]) -> tuple[dict[str, np.ndarray], Totals]:
     """Chips of a shard of images as parquet columns, plus its totals."""
     cfg: ChipConfig = _worker_state["cfg"]
@@ -143,6 +146,9 @@ def _process_shard(tasks: list[ImageTask]) -> tuple[dict[str, np.ndarray], Total
         t.pos += len(pos)
         t.neg += len(neg)
         t.neg_sampled += min(len(neg), cfg.neg_per_image)
+        t.pos_px += float(_content_px(pos).sum())
+        if len(neg):
+            t.neg_sampled_px += float(_content_px(neg).mean()) * min(len(neg), cfg.neg_per_image)
         t.images_without_pos += len(pos) == 0
         t.pos_per_scale = _add_lists(
             t.pos_per_scale, np.bincount(pos.scale_index, minlength=n_scales).tolist()
@@ -270,8 +276,9 @@ def stats_dict(
     c = cfg.chips
     chip_px = float(c.chip_size) ** 2
     n = max(totals.images, 1)
-    epoch_px = (totals.pos + totals.neg_sampled) * chip_px
-    pos_px = totals.pos * chip_px
+    epoch_px = totals.pos_px + totals.neg_sampled_px
+    pos_px = totals.pos_px
+    epoch_px_padded = (totals.pos + totals.neg_sampled) * chip_px
 
     def ratio(a: float, b: float) -> float:
         return round(a / b, 4) if b > 0 else 0.0
@@ -288,7 +295,10 @@ def stats_dict(
         "pixels_vs_single_scale_pos": ratio(pos_px, totals.single_px),
         "pixels_vs_full_pyramid": ratio(epoch_px, totals.pyramid_px),
         "pixels_vs_full_pyramid_pos": ratio(pos_px, totals.pyramid_px),
-        "chip_pixels": f"K*K = {c.chip_size}*{c.chip_size} per chip (chips are zero-padded to K)",
+        "pixels_vs_single_scale_padded": ratio(epoch_px_padded, totals.single_px),
+        "pixels_vs_full_pyramid_padded": ratio(epoch_px_padded, totals.pyramid_px),
+        "chip_pixels": f"content pixels of each chip window (<= {c.chip_size}x{c.chip_size}); "
+        "_padded: K*K per chip",
         "single_scale": "short side 800, long side <= 1333",
         "per_scale": [
             {
@@ -323,6 +333,11 @@ def format_stats(stats: dict[str, Any]) -> str:
         (
             "pixels vs full pyramid",
             f"{stats['pixels_vs_full_pyramid']:.3f}  (positives only {stats['pixels_vs_full_pyramid_pos']:.3f})",
+        ),
+        (
+            "  counting K x K per chip",
+            f"{stats['pixels_vs_single_scale_padded']:.3f} vs single scale, "
+            f"{stats['pixels_vs_full_pyramid_padded']:.3f} vs pyramid",
         ),
     ]
     rows += [

@@ -89,8 +89,9 @@ class ModelConfig:
     rpn_channels: int = 256
     head_channels: int = 256
     fc_dim: int = 512
-    # RoIAlign 7x7 with this many sampling points per bin side (0: adaptive, as in Detectron).
-    roi_sampling_ratio: int = 2
+    # RoIAlign 7x7 sampling points per bin side; 0 = adaptive ceil(bin size in feature cells),
+    # Detectron's default: 1 for RoIs under 7 cells, and ~3x cheaper than 2 on CPU (backward).
+    roi_sampling_ratio: int = 0
     anchor_sizes: list[float] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     rpn_pre_nms_top_n_train: int = 2000
@@ -129,6 +130,9 @@ class TrainConfig:
     rpn_epochs: int = 2
     rpn_lr: float | None = None  # None: same as lr
     negatives: bool = True
+    # Start the detector stage from the stage-1 RPN weights instead of the backbone init.
+    # The paper trains the detector from ImageNet weights (False); True saves time on tiny budgets.
+    init_from_rpn: bool = False
     amp: bool = False
     checkpoint_every: int = 0  # iterations; 0: only at the end of each epoch
     keep_checkpoints: int = 3

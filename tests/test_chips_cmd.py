@@ -92,13 +92,17 @@ def test_end_to_end(tmp_path, coco_files, capsys):
     for im in d["images"]:
         f = min(800 / min(im["width"], im["height"]), 1333 / max(im["width"], im["height"]))
         single += round(im["width"] * f) * round(im["height"] * f)
-    assert stats["pixels_vs_single_scale_pos"] == pytest.approx(
-        (kind == "pos").sum() * 512**2 / single, abs=1e-4
-    )
-    sampled = sum(min(2, int(((kind == "neg") & (cols["image_id"] == im["id"])).sum())) for im in d["images"])
-    assert stats["pixels_vs_single_scale"] == pytest.approx(
-        ((kind == "pos").sum() + sampled) * 512**2 / single, abs=1e-4
-    )
+    area = cols["w"] * cols["h"]
+    pos = kind == "pos"
+    assert stats["pixels_vs_single_scale_pos"] == pytest.approx(area[pos].sum() / single, abs=1e-4)
+    sampled = sampled_px = 0
+    for im in d["images"]:
+        neg = (kind == "neg") & (cols["image_id"] == im["id"])
+        k = min(2, int(neg.sum()))
+        sampled += k
+        sampled_px += area[neg].mean() * k if k else 0.0
+    assert stats["pixels_vs_single_scale"] == pytest.approx((area[pos].sum() + sampled_px) / single, abs=1e-4)
+    assert stats["pixels_vs_single_scale_padded"] == pytest.approx((pos.sum() + sampled) * 512**2 / single, abs=1e-4)
     assert 0 < stats["pixels_vs_full_pyramid"] < stats["pixels_vs_single_scale"]
     # load reports: the crowd box is kept, the unknown proposal image is counted
     assert stats["annotations"]["crowd"] == 1

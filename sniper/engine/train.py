@@ -352,8 +352,10 @@ def train_stage(
             it_before = it
             for batch in batches:
                 images, targets = _to_device(batch, device)
+                # Whole-image batches (baselines) carry each image's unpadded size.
+                sizes = [tuple(int(v) for v in t["image_size"]) for t in targets] if "image_size" in targets[0] else None
                 with _autocast(device, cfg.amp):
-                    losses = net(images, targets)
+                    losses = net(images, targets) if sizes is None else net(images, targets, image_sizes=sizes)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
                     # A non-finite loss would poison the weights; skip the step, but never silently.

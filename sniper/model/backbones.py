@@ -79,7 +79,8 @@ class SniperBackbone(nn.Module):
         rpn_in_channels / head_in_channels: channels of those maps.
         strides: stride of every named map (input px per feature px).
         size_divisible: inputs are zero-padded to a multiple of this.
-        frozen: modules frozen by ``freeze_at`` (no grads; BatchNorm kept in eval).
+        frozen: names of the submodules frozen by ``freeze_at`` (no grads; kept in eval mode).
+            Names, not modules, so that a later SyncBatchNorm conversion is still covered.
     """
 
     rpn_features: list[str]
@@ -91,19 +92,19 @@ class SniperBackbone(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.frozen: list[nn.Module] = []
+        self.frozen: list[str] = []
 
-    def freeze(self, modules: list[nn.Module]) -> None:
-        self.frozen = list(modules)
-        for m in self.frozen:
-            for p in m.parameters():
+    def freeze(self, names: list[str]) -> None:
+        self.frozen = list(names)
+        for name in self.frozen:
+            for p in self.get_submodule(name).parameters():
                 p.requires_grad_(False)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> SniperBackbone:
         super().train(mode)
-        for m in self.frozen:  # frozen stages keep their running statistics
-            m.eval()
+        for name in self.frozen:  # frozen stages keep their running statistics
+            self.get_submodule(name).eval()
         return self
 
 
@@ -124,7 +125,7 @@ class MobileNetV2Backbone(SniperBackbone):
         self.rpn_in_channels = self.head_in_channels = cfg.head_channels
         self.strides = {"0": 32}
         # stem = everything at stride 2 (conv + first block); first stage = the stride-4 blocks
-        self.freeze([self.body[: (0, 2, 4)[cfg.freeze_at]]] if cfg.freeze_at else [])
+        self.freeze([f"body.{i}" for i in range((0, 2, 4)[cfg.freeze_at])])
 
     def forward(self, x: Tensor, with_head: bool = True) -> OrderedDict[str, Tensor]:
         return OrderedDict([("0", self.proj(self.body(x)))])
@@ -188,7 +189,7 @@ class ResNetC4C5Backbone(SniperBackbone):
         self.rpn_features, self.head_features = ["conv4"], ["head"]
         self.rpn_in_channels, self.head_in_channels = c4, cfg.head_channels
         self.strides = {"conv4": 16, "head": 16}
-        self.freeze([self.stem, self.layer1][: cfg.freeze_at])
+        self.freeze(["stem", "layer1"][: cfg.freeze_at])
 
     def forward(self, x: Tensor, with_head: bool = True) -> OrderedDict[str, Tensor]:
         c4 = self.layer3(self.layer2(self.layer1(self.stem(x))))
@@ -215,8 +216,8 @@ class FpnBackbone(SniperBackbone):
         self.rpn_features, self.head_features = names, names[:4]
         self.rpn_in_channels = self.head_in_channels = self.fpn.out_channels
         self.strides = dict(zip(names, [4, 8, 16, 32, 64]))
-        body = self.fpn.body
-        self.freeze([nn.ModuleList([body.conv1, body.bn1]), body.layer1][: cfg.freeze_at])
+        self.freeze(
+            ["fpn.body.conv1", "fpn.body.bn1", "fpn.body.layer1"][: (0, 2, 3)[cfg.freeze_at]])
 
     def forward(self, x: Tensor, with_head: bool = True) -> OrderedDict[str, Tensor]:
         return self.fpn(x)

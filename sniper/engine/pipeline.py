@@ -1,0 +1,285 @@
+"""The SNIPER training pipeline (paper §3.3, §4), as restartable stages.
+
+1. ``rpn``        RPN-only training on positive chips (short schedule, no negatives).
+2. ``proposals``  that RPN over every training image at all proposal scales -> ``proposals.json``.
+3. ``negatives``  negative chip mining from those proposals -> ``chips.parquet`` (pos + neg pool).
+4. ``detector``   full training on positive chips plus negatives resampled every epoch
+                  -> ``model_final.pt``.
+
+With ``train.negatives: false`` (the paper's "w/o negatives" ablation) stages 1-3 are skipped.
+Finished stages are recorded in ``RUN_DIR/stages.json``; a rerun skips them, and ``resume``
+continues an interrupted stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sniper.config import Config, save_config, to_dict
+from sniper.engine.distributed import DistInfo, barrier, cleanup, init_distributed
+from sniper.engine.train import StageSpec, train_stage
+from sniper.errors import SniperError
+from sniper.io import atomic_write_json, read_json
+
+__all__ = ["PipelineResult", "StageBook", "run_pipeline"]
+
+
+class StageBook:
+    """``RUN_DIR/stages.json``: which stages finished, when, and what they produced."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "stages.json"
+        self.data: dict[str, Any] = read_json(self.path) if self.path.exists() else {}
+
+    def done(self, name: str) -> bool:
+        return bool(self.data.get(name, {}).get("done"))
+
+    def seconds(self, name: str) -> float:
+        return float(self.data.get(name, {}).get("seconds", 0.0))
+
+    def mark(self, name: str, seconds: float, **info: Any) -> None:
+        self.data[name] = {"done": True, "seconds": round(seconds, 3), **info}
+        atomic_write_json(self.path, self.data)
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    model_path: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    is_main: bool = True
+
+    def format(self) -> str:
+        lines = [f"run directory: {self.run_dir}", f"model: {self.model_path}", "stage          seconds"]
+        lines += [f"{k:<14} {v:8.1f}" for k, v in self.stage_seconds.items()]
+        return "\n".join(lines)
+
+
+def _categories(coco: Any) -> list[dict]:
+    return [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in coco.categories]
+
+
+def _chip_source(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, negatives: bool):
+    from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
+    from sniper.data.plan import ChipBatchSampler
+
+    dataset = ChipDataset(coco, table, image_root, cfg.chips, cfg.data)
+    workers = cfg.data.num_workers
+    sampler = ChipBatchSampler(
+        table,
+        cfg.train.batch_size,
+        seed=cfg.seed,
+        negatives=negatives,
+        neg_per_image=cfg.chips.neg_per_image,
+        flip=cfg.data.flip,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        num_workers=workers,
+        drop_last=True,
+    )
+    return ChipBatchSource(dataset, sampler, num_workers=workers, pin_memory=torch.cuda.is_available())
+
+
+def _checked_table(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, stats: dict):
+    """Check image files once (headers) and apply ``data.on_bad_image``; bad files are listed."""
+    from sniper.data.chip_dataset import check_images
+
+    check = check_images(coco, table, image_root, cfg.data, progress=dist_info.is_main)
+    if check.bad:
+        stats["bad_images"] = [{"image_id": b.image_id, "file": b.file, "reason": b.reason} for b in check.bad]
+        if dist_info.is_main:
+            print(check.format())
+    return check.chips if check.chips is not None else table
+
+
+def _build(cfg: Config, num_classes: int, device: torch.device, dist_info: DistInfo):
+    from sniper.model import build_model, convert_sync_batchnorm
+
+    model = build_model(cfg.model, num_classes=num_classes)
+    if cfg.model.norm == "sync_bn" and dist_info.enabled:
+        model = convert_sync_batchnorm(model)
+    return model.to(device)
+
+
+def _wrap(model: torch.nn.Module, device: torch.device, dist_info: DistInfo, rpn_only: bool):
+    if not dist_info.enabled:
+        return None
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # The RPN stage leaves the detection head unused: DDP must be told.
+    return DDP(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=rpn_only,
+    )
+
+
+def _train(
+    name: str, model, source, cfg: Config, run_dir: Path, device, dist_info, resume: bool, rpn_only: bool, **kw
+):
+    epochs = cfg.train.rpn_epochs if rpn_only else cfg.train.epochs
+    lr = (cfg.train.rpn_lr or cfg.train.lr) if rpn_only else cfg.train.lr
+    spec = StageSpec(name, epochs=epochs, lr=lr, rpn_only=rpn_only)
+    train_cfg = cfg.train
+    if rpn_only:
+        # The short RPN schedule uses a fixed learning rate (paper §4): no step decay.
+        from dataclasses import replace
+
+        train_cfg = replace(cfg.train, lr_steps=[])
+    return train_stage(
+        model,
+        source,
+        spec,
+        train_cfg,
+        run_dir,
+        device=device,
+        dist_info=dist_info,
+        resume=resume,
+        ddp_model=_wrap(model, device, dist_info, rpn_only),
+        **kw,
+    )
+
+
+def run_pipeline(
+    cfg: Config,
+    annotations: Path,
+    image_root: Path,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    interrupt_after: int | None = None,
+) -> PipelineResult:
+    """Run (or finish) every stage; see the module docstring."""
+    from sniper.chips_cmd import write_chips
+    from sniper.data.coco import load_coco, load_results
+    from sniper.data.plan import ChipTable
+    from sniper.engine.checkpoint import load_model_for_inference, save_model_final
+
+    dist_info, dev = init_distributed(device)
+    run_dir = Path(run_dir)
+    try:
+        torch.manual_seed(cfg.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            saved = run_dir / "config.yaml"
+            if saved.exists() and (resume or StageBook(run_dir).data):
+                import yaml
+
+                before = yaml.safe_load(saved.read_text())
+                if before != json.loads(json.dumps(to_dict(cfg))):
+                    print(f"note: the config differs from the one saved in {saved}; the new one is used and saved")
+            save_config(cfg, saved)
+        barrier(dist_info)
+
+        coco = load_coco(annotations)
+        if dist_info.is_main and coco.report.counts:
+            print(coco.report.format())
+        categories = _categories(coco)
+        book = StageBook(run_dir)
+        stats: dict[str, Any] = {}
+        seconds: dict[str, float] = {}
+
+        # Positive chips (fast; recomputed rather than stored per stage).
+        pos_dir = run_dir / "chips_pos"
+        if dist_info.is_main and not (pos_dir / "chips.parquet").exists():
+            write_chips(coco, None, cfg.chips, cfg.seed, pos_dir, workers=max(1, cfg.data.num_workers))
+        barrier(dist_info)
+        pos_table = _checked_table(coco, ChipTable.read_parquet(pos_dir / "chips.parquet"), image_root, cfg, dist_info, stats)
+
+        final_path = run_dir / "model_final.pt"
+        if cfg.train.negatives:
+            # 1. RPN-only training on positive chips.
+            rpn_path = run_dir / "rpn_model.pt"
+            if not book.done("rpn"):
+                t0 = time.perf_counter()
+                model = _build(cfg, coco.num_classes, dev, dist_info)
+                source = _chip_source(coco, pos_table, image_root, cfg, dist_info, negatives=False)
+                _train("rpn", model, source, cfg, run_dir, dev, dist_info, resume, True, interrupt_after=interrupt_after)
+                if dist_info.is_main:
+                    save_model_final(rpn_path, model, cfg, categories)
+                    book.mark("rpn", time.perf_counter() - t0, model=rpn_path.name)
+                barrier(dist_info)
+                book = StageBook(run_dir)
+            seconds["rpn"] = book.seconds("rpn")
+
+            # 2. Proposals over whole training images (rank 0; the others wait).
+            props_path = run_dir / "proposals.json"
+            if not book.done("proposals"):
+                t0 = time.perf_counter()
+                if dist_info.is_main:
+                    from sniper.engine.predict import predict_proposals
+                    from sniper.io import atomic_write_json as write
+
+                    rpn_model, _, _ = load_model_for_inference(rpn_path, map_location=dev)
+                    skipped: list[dict] = []
+                    records = predict_proposals(
+                        rpn_model,
+                        coco,
+                        image_root,
+                        cfg.proposals,
+                        dev,
+                        infer_cfg=cfg.infer,
+                        batch_size=cfg.infer.batch_size,
+                        on_bad_image=cfg.data.on_bad_image,
+                        max_image_pixels=cfg.data.max_image_pixels,
+                        skipped=skipped,
+                    )
+                    write(props_path, records, indent=None)
+                    book.mark("proposals", time.perf_counter() - t0, proposals=len(records), skipped=len(skipped))
+                barrier(dist_info)
+                book = StageBook(run_dir)
+            seconds["proposals"] = book.seconds("proposals")
+
+            # 3. Negative chip mining.
+            chips_path = run_dir / "chips.parquet"
+            if not book.done("negatives"):
+                t0 = time.perf_counter()
+                if dist_info.is_main:
+                    props = load_results(props_path, coco)
+                    totals = write_chips(coco, props, cfg.chips, cfg.seed, run_dir, workers=max(1, cfg.data.num_workers))
+                    book.mark("negatives", time.perf_counter() - t0, pos_chips=totals.pos, neg_chips=totals.neg)
+                barrier(dist_info)
+                book = StageBook(run_dir)
+            seconds["negatives"] = book.seconds("negatives")
+            table = _checked_table(coco, ChipTable.read_parquet(chips_path), image_root, cfg, dist_info, stats)
+        else:
+            table = pos_table
+
+        # 4. Full training.
+        if not book.done("detector"):
+            t0 = time.perf_counter()
+            model = _build(cfg, coco.num_classes, dev, dist_info)
+            if cfg.train.init_from_rpn and cfg.train.negatives:
+                state = torch.load(run_dir / "rpn_model.pt", map_location=dev, weights_only=True)
+                model.load_state_dict(state["model"])
+            source = _chip_source(coco, table, image_root, cfg, dist_info, negatives=cfg.train.negatives)
+            result = _train(
+                "detector", model, source, cfg, run_dir, dev, dist_info, resume, False, interrupt_after=interrupt_after
+            )
+            if dist_info.is_main:
+                save_model_final(final_path, model, cfg, categories)
+                book.mark(
+                    "detector",
+                    time.perf_counter() - t0,
+                    iterations=result.iterations,
+                    chips=result.chips,
+                    stopped_early=result.stopped_early,
+                    **stats,
+                )
+            barrier(dist_info)
+            book = StageBook(run_dir)
+        seconds["detector"] = book.seconds("detector")
+        if not final_path.exists() and dist_info.is_main:
+            raise SniperError(f"{final_path} is missing although stage 'detector' is marked done; delete stages.json")
+        return PipelineResult(run_dir, final_path, seconds, is_main=dist_info.is_main)
+    finally:
+        cleanup()
