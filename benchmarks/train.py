@@ -114,24 +114,31 @@ class CountingSource:
             yield images, targets
 
 
-def measure(model, source, cfg: Config, iters: int, warmup: int, amp: bool) -> dict:
-    counting = CountingSource(source)
+def _run(model, source, cfg: Config, iters: int, amp: bool, budget_s: float | None) -> list[float]:
     tc = cfg.train
-    tc.amp, tc.max_iters, tc.log_every, tc.warmup_iters = amp, warmup + iters, 1, 0
+    tc.amp, tc.max_iters, tc.log_every, tc.warmup_iters, tc.time_budget_s = amp, iters, 1, 0, budget_s
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stderr(io.StringIO()):
         res = train_stage(
-            model, counting, StageSpec("bench", 1, 1e-3), tc, Path(run_dir), device=torch.device("cpu")
+            model, source, StageSpec("bench", 1, 1e-3), tc, Path(run_dir), device=torch.device("cpu")
         )
-    sizes = counting.batches[: len(res.history)]
-    secs = [b / row["chips_per_s"] for (b, _), row in zip(sizes, res.history)][warmup:]
-    px = [p for _, p in sizes][warmup:]
-    if len(secs) < iters:
-        raise RuntimeError(f"only {len(res.history)} iterations ran (epoch shorter than {warmup + iters}?)")
+    return [row["chips_per_s"] for row in res.history]
+
+
+def measure(model, source, cfg: Config, iters: int, amp: bool, budget_s: float) -> dict:
+    """One warm-up iteration, then up to ``iters`` timed iterations of the real loop, stopping after
+    the first iteration that ends past ``budget_s``; seconds and input pixels of each timed iteration."""
+    counting = CountingSource(source)
+    _run(model, counting, cfg, 1, amp, None)
+    counting.batches.clear()
+    rates = _run(model, counting, cfg, iters, amp, budget_s)
+    sizes = counting.batches[: len(rates)]
+    secs = [b / r for (b, _), r in zip(sizes, rates)]
     return {
         "s_per_iter": float(np.mean(secs)),
         "s_per_iter_each": [round(s, 3) for s in secs],
-        "px_per_iter_each": px,
-        "items_per_iter": float(np.mean([b for b, _ in sizes][warmup:])),
+        "px_per_iter_each": [p for _, p in sizes],
+        "items_per_iter": float(np.mean([b for b, _ in sizes])),
+        "timed_iters": len(secs),
     }
 
 
@@ -204,15 +211,17 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path("/tmp/syn"), help="a `sniper make-dataset` folder")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sniper_bench_train"))
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--full-batch", type=int, default=2, help="batch of the timed whole-image iterations")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     ap.add_argument("--iters", type=int, default=None, help="timed iterations per case (after warm-up)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds of timed iterations per case")
     ap.add_argument("--max-pixels", type=float, default=None, help="largest pyramid item timed (MP)")
     ap.add_argument("--proposals", type=int, default=1000, help="random proposals per image for negatives")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
     args = ap.parse_args()
-    iters = args.iters or (2 if args.quick else 5)
-    warmup = 1
-    max_px = (args.max_pixels or (2.5 if args.quick else 5.0)) * 1e6
+    iters = args.iters or (2 if args.quick else 8)
+    budget = args.budget or (10.0 if args.quick else 60.0)
+    max_px = (args.max_pixels or (2.5 if args.quick else 4.0)) * 1e6
     pyramid_samples = 4 if args.quick else 8
     started = time.perf_counter()
 
@@ -263,15 +272,20 @@ def main() -> int:
     amp_runs = {}
     for amp in (False, True):
         print(f"(a) chips, amp={amp} ...", file=sys.stderr)
-        amp_runs[amp] = measure(model, chip_source(), cfg, iters, warmup, amp)
+        amp_runs[amp] = measure(model, chip_source(), cfg, iters, amp, budget)
         amp_runs[amp]["chips_per_s"] = amp_runs[amp]["items_per_iter"] / amp_runs[amp]["s_per_iter"]
+        print(f"  {amp_runs[amp]['s_per_iter']:.2f} s/iter", file=sys.stderr)
 
     # ---- single scale 800 x 1333
     print("(b) single scale 800x1333 ...", file=sys.stderr)
     single_ds = FullImageDataset(coco, image_root, SINGLE_SCALE, cfg.data)
     single_src = FullImageBatchSource(single_ds, args.batch_size, seed=cfg.seed, num_workers=args.workers)
     single_iters, single_tensor, single_content = epoch_pixels(single_src)
-    single = measure(model, single_src, cfg, iters, warmup, amp=False)
+    # Measured at --full-batch (8 whole images at 800x1333 need ~10 GB): time per image x batch size.
+    small_src = FullImageBatchSource(single_ds, args.full_batch, seed=cfg.seed, num_workers=args.workers)
+    single = measure(model, small_src, cfg, iters, amp=False, budget_s=budget)
+    single["s_per_iter_batch"] = single["s_per_iter"] / single["items_per_iter"] * args.batch_size
+    print(f"  {single['s_per_iter']:.2f} s/iter at batch {args.full_batch}", file=sys.stderr)
 
     # ---- pyramid: per-item times on a sample, fitted against pixels
     print("(b) pyramid sample ...", file=sys.stderr)
@@ -288,25 +302,30 @@ def main() -> int:
                 order[np.linspace(0, len(cand) - 1, max(1, pyramid_samples // 3)).round().astype(int)]
             ]
             sample += [int(i) for i in picks]
-    sample = [sample[0], *sorted(set(sample), key=lambda i: px[i])]  # first one again: warm-up
-    pyr = measure(
-        model, ListSource(pyr_src, [[(i, False)] for i in sample]), cfg, len(sample) - 1, 1, amp=False
-    )
+    # Smallest, largest, 2nd smallest, ...: the warm-up is cheap and a budget cut keeps the span.
+    by_px = sorted(set(sample), key=lambda i: px[i])
+    sample = [by_px[(k // 2) if k % 2 == 0 else -(k // 2) - 1] for k in range(len(by_px))]
+    pyr_list = ListSource(pyr_src, [[(i, False)] for i in sample])
+    pyr = measure(model, pyr_list, cfg, len(sample), amp=False, budget_s=budget)
     x = np.array(pyr["px_per_iter_each"], dtype=np.float64)
     y = np.array(pyr["s_per_iter_each"], dtype=np.float64)
-    b, a = np.polyfit(x, y, 1)
+    if len(set(x.tolist())) >= 2:
+        b, a = np.polyfit(x, y, 1)
+    else:  # one point: proportional to pixels
+        a, b = 0.0, float(y.mean() / x.mean())
     n_items = len(pyr_ds)
     pyr_epoch_s = n_items * a + b * pyr_tensor
     # Check: the same line's prediction for a single-scale batch, against the measured time.
     single_pred = a * single["items_per_iter"] + b * float(np.mean(single["px_per_iter_each"]))
 
     sniper_epoch = sniper_iters * amp_runs[False]["s_per_iter"]
-    single_epoch = single_iters * single["s_per_iter"]
+    single_epoch = len(single_ds) * single["s_per_iter"] / single["items_per_iter"]
     results = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()},
         "settings": {"backbone": "mobilenet_v2", "weights": weights, "batch_size": args.batch_size,
-                     "loader_workers": args.workers, "timed_iters": iters, "warmup_iters": warmup,
+                     "loader_workers": args.workers, "max_timed_iters": iters, "warmup_iters": 1,
+                     "budget_s_per_case": budget,
                      "quick": args.quick, "data": str(ann), "train_images": len(coco),
                      "negatives": f"{cfg.chips.neg_per_image}/image from {args.proposals} random boxes (not RPN)",
                      "chips": to_dict(cfg.chips)},
@@ -319,7 +338,8 @@ def main() -> int:
                         "px_tensor": pyr_tensor, "px_content": pyr_content,
                         "how": "extrapolated: s = a + b*px fitted on items timed one per iteration",
                         "fit": {"a_s": a, "b_s_per_mp": b * 1e6}, "sample": pyr},
-            "single_800x1333": {"items": len(single_ds), "iters": single_iters, "s_per_iter": single["s_per_iter"],
+            "single_800x1333": {"items": len(single_ds), "iters": single_iters, "s_per_iter": single["s_per_iter_batch"],
+                                "measured_at_batch": args.full_batch,
                                 "epoch_s": single_epoch, "px_tensor": single_tensor, "px_content": single_content,
                                 "how": "measured", "fit_prediction_s_per_iter": single_pred, "runs": single},
         },
@@ -340,10 +360,12 @@ def main() -> int:
     )
     print(table(
         ["amp", "chips/s", "s/iter", "iters timed"],
-        [["off (fp32)", f"{fp['chips_per_s']:.2f}", f"{fp['s_per_iter']:.2f}", str(iters)],
-         ["on (bf16 autocast)", f"{am['chips_per_s']:.2f}", f"{am['s_per_iter']:.2f}", str(iters)]],
+        [["off (fp32)", f"{fp['chips_per_s']:.2f}", f"{fp['s_per_iter']:.2f}", str(fp["timed_iters"])],
+         ["on (bf16 autocast)", f"{am['chips_per_s']:.2f}", f"{am['s_per_iter']:.2f}", str(am["timed_iters"])]],
     ))  # fmt: skip
-    print(f"\n(b) one epoch over {len(coco)} synthetic train images, batch {args.batch_size}, fp32")
+    print(
+        f"\n(b) one epoch over {len(coco)} synthetic train images, batch {args.batch_size}, fp32, data loading included"
+    )
     e = results["epoch"]
     print(table(
         ["training on", "items", "iters", "s/iter", "epoch", "MP in (tensor)", "MP content", "how"],
@@ -351,8 +373,8 @@ def main() -> int:
           fmt_s(sniper_epoch), f"{sniper_px['tensor'] / 1e6:.0f}", f"{sniper_px['content'] / 1e6:.0f}", "measured"],
          ["full pyramid (3 scales)", f"{n_items}", f"{pyr_iters}", f"{pyr_epoch_s / pyr_iters:.2f}",
           fmt_s(pyr_epoch_s), f"{pyr_tensor / 1e6:.0f}", f"{pyr_content / 1e6:.0f}", "extrapolated (px fit)"],
-         ["single scale 800x1333", f"{len(single_ds)}", f"{single_iters}", f"{single['s_per_iter']:.2f}",
-          fmt_s(single_epoch), f"{single_tensor / 1e6:.0f}", f"{single_content / 1e6:.0f}", "measured"]],
+         ["single scale 800x1333", f"{len(single_ds)}", f"{single_iters}", f"{single['s_per_iter_batch']:.2f}",
+          fmt_s(single_epoch), f"{single_tensor / 1e6:.0f}", f"{single_content / 1e6:.0f}", f"measured at batch {args.full_batch}, x{args.batch_size / args.full_batch:g}"]],
     ))  # fmt: skip
     r = results["ratios"]
     print(f"\npixels SNIPER / pyramid: {1 / r['pyramid_over_sniper_px_tensor']:.3f} of network input "
@@ -360,8 +382,8 @@ def main() -> int:
           f"of image content (pyramid {r['pyramid_over_sniper_px_content']:.1f}x more); paper: ~3x fewer")  # fmt: skip
     print(f"epoch time pyramid / SNIPER: {r['pyramid_over_sniper_epoch_time']:.1f}x")
     print(f"pyramid fit: s = {a:.3f} + {b * 1e6:.3f} * MP over {len(x)} items of {x.min() / 1e6:.2f}-{x.max() / 1e6:.2f} MP "
-          f"(largest pyramid item {px.max() / 1e6:.1f} MP); predicts {single_pred:.2f} s for a single-scale batch, "
-          f"measured {single['s_per_iter']:.2f} s")  # fmt: skip
+          f"(largest pyramid item {px.max() / 1e6:.1f} MP); predicts {single_pred:.2f} s for a "
+          f"single-scale batch of {args.full_batch}, measured {single['s_per_iter']:.2f} s")  # fmt: skip
     print(f"negatives: mined from {args.proposals} random boxes per image (stand-ins for RPN proposals)")
     la0, la1 = results["machine"]["load_avg_start"][0], results["load_avg_end"][0]
     print(f"total {results['seconds']:.0f} s; load average {la0:.1f} at start, {la1:.1f} at end "

@@ -92,6 +92,8 @@ class ModelConfig:
     # RoIAlign 7x7 sampling points per bin side; 0 = adaptive ceil(bin size in feature cells),
     # Detectron's default: 1 for RoIs under 7 cells, and ~3x cheaper than 2 on CPU (backward).
     roi_sampling_ratio: int = 0
+    # channels_last backbone and input (measured ~15-25% faster fp32 training on CPU).
+    channels_last: bool = True
     anchor_sizes: list[float] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     rpn_pre_nms_top_n_train: int = 2000

@@ -387,6 +387,22 @@ def test_batch_source_resume_and_collate(png_data):
     assert [t["image_id"] for t in later[0][1]] == [t["image_id"] for t in all_batches[2][1]]
     one = collate_chips([ds[0]])
     assert one[0].shape == (1, 3, K, K)
+    # with workers (uint8 pixels + numpy targets in transit): the same items, as float and tensors
+    src2 = ChipBatchSource(ds, ChipBatchSampler(table, 3, seed=0, num_workers=2), num_workers=2)
+    got = {}
+    for imgs, targets in src2.iterate(0, 0):
+        assert imgs.dtype == torch.float32
+        for im, t in zip(imgs, targets):
+            assert all(
+                torch.is_tensor(t[k]) for k in ("boxes", "labels", "ignore_boxes", "origin", "chip_box")
+            )
+            got[(t["image_id"], tuple(t["chip_box"].tolist()), t["flipped"])] = (im, t)
+    want = [(im, t) for imgs, ts in all_batches for im, t in zip(imgs, ts)]
+    assert len(got) == len(want)
+    for im, t in want:
+        im2, t2 = got[(t["image_id"], tuple(t["chip_box"].tolist()), t["flipped"])]
+        torch.testing.assert_close(im2, im, rtol=0, atol=0)
+        torch.testing.assert_close(t2["boxes"], t["boxes"])
 
 
 # ---------------------------------------------------------------- bad images

@@ -52,7 +52,7 @@ def test_export_round_trip(exported):
     root, coco, cfg = exported
     data = json.loads((root / "out" / "chips_coco.json").read_text())
     assert data["categories"] == coco.categories
-    table = _engine_table(coco, None, cfg, 1)  # what export ran: the chip engine at epoch 0
+    table = _engine_table(coco, None, cfg)  # what export ran: the chip engine at epoch 0
     assert len(data["images"]) == len(table) > 0
     ds = ChipDataset(coco, table, root / "images", cfg.chips)
     by_source = {}

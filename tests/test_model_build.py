@@ -26,6 +26,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}
 ALL_LOSSES = RPN_LOSSES | {"loss_classifier", "loss_box_reg"}
 
@@ -36,7 +38,7 @@ CONFIGS = {
     ),
     "resnet50_fpn": ModelConfig(backbone="resnet50_fpn", norm="frozen_bn", freeze_at=2, fc_dim=64),
 }
-SIZES = {"mobilenet_v2": 128, "resnet50": 64, "resnet50_fpn": 128}
+SIZES = {"mobilenet_v2": 128, "resnet50": 64, "resnet50_fpn": 64}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,11 @@ def target(boxes=(), labels=(), ignore=(), valid_range=(0.0, math.inf)) -> dict[
 def chips(k: int) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """A positive chip (2 GT + 1 ignore box) and a negative chip (only an ignore box)."""
     s = k / 128
-    pos = target([[10 * s, 10 * s, 60 * s, 70 * s], [70 * s, 20 * s, 120 * s, 50 * s]], [1, 3], [[0, 90 * s, 30 * s, 127 * s]])
+    pos = target(
+        [[10 * s, 10 * s, 60 * s, 70 * s], [70 * s, 20 * s, 120 * s, 50 * s]],
+        [1, 3],
+        [[0, 90 * s, 30 * s, 127 * s]],
+    )
     neg = target(ignore=[[40 * s, 40 * s, 80 * s, 80 * s]])
     return torch.rand(2, 3, k, k), [pos, neg]
 
@@ -135,11 +141,18 @@ def test_no_cap_on_gt_per_chip(models):
     wh = 4 + torch.rand(500, 2, generator=g) * 24
     boxes = torch.cat([xy, xy + wh], dim=1)
     labels = torch.randint(1, NUM_CLASSES + 1, (500,), generator=g)
-    t = {"boxes": boxes, "labels": labels, "ignore_boxes": boxes[:300] + 1, "valid_range": torch.tensor([0, 1e9])}
+    t = {
+        "boxes": boxes,
+        "labels": labels,
+        "ignore_boxes": boxes[:300] + 1,
+        "valid_range": torch.tensor([0, 1e9]),
+    }
     losses = model(torch.rand(1, 3, 128, 128), [t])
     assert all(torch.isfinite(v) for v in losses.values())
     heads = model.roi_heads  # every one of the 500 GT takes part as an appended RoI
-    props, _, lab, _ = heads.select_training_samples([torch.zeros(0, 4)], model.prepare_targets([t], 1, "cpu"))
+    props, _, lab, _ = heads.select_training_samples(
+        [torch.zeros(0, 4)], model.prepare_targets([t], 1, "cpu")
+    )
     assert props[0].shape[0] == 500 and torch.equal(lab[0], labels)
 
 
@@ -263,3 +276,14 @@ def test_pretrained_weights_missing_gives_sniper_error(monkeypatch, tmp_path):
     with pytest.raises(SniperError, match=r"mobilenet_v2-b0353104\.pth") as e:
         build_model(ModelConfig(pretrained=True), 1)
     assert str(tmp_path / "hub" / "checkpoints") in str(e.value)
+
+
+def test_channels_last_is_only_a_memory_layout():
+    outs = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(anchor_sizes=[16, 32], channels_last=channels_last), NUM_CLASSES).eval()
+        with torch.no_grad():
+            outs.append(model(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)))[0])
+    assert torch.allclose(outs[0]["scores"], outs[1]["scores"], atol=1e-4)
+    assert torch.allclose(outs[0]["boxes"], outs[1]["boxes"], atol=1e-2)

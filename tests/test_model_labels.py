@@ -39,7 +39,9 @@ def make_rpn(batch_size_per_image: int = 256) -> SniperRPN:
     )
 
 
-def make_heads(batch_size_per_image: int | None = None, class_agnostic: bool = True, n: int = 300) -> SniperRoIHeads:
+def make_heads(
+    batch_size_per_image: int | None = None, class_agnostic: bool = True, n: int = 300
+) -> SniperRoIHeads:
     return SniperRoIHeads(
         MultiScaleRoIAlign(["0"], 7, 2),
         TwoMLPHead(4 * 49, 8),
@@ -96,9 +98,14 @@ def test_rpn_best_anchor_of_each_gt_is_positive_even_below_threshold():
 def test_rpn_ignore_boxes_invalidate_anchors_above_0_3_even_positives():
     # ignore box [100,100,110,110]: anchor IoU 0.4 -> -1, IoU exactly 0.3 -> stays negative
     anchors = torch.cat(
-        [ANCHORS, T([[100, 100, 110, 104], [100, 100, 110, 103], [0, 0, 10, 10]])]  # last: positive AND ignored
+        [
+            ANCHORS,
+            T([[100, 100, 110, 104], [100, 100, 110, 103], [0, 0, 10, 10]]),
+        ]  # last: positive AND ignored
     )
-    t = target([[0, 0, 10, 10]], [1], ignore=[[100, 100, 110, 110], [0, 0, 10, 12]])  # 2nd: IoU 0.83 w/ anchor 0
+    t = target(
+        [[0, 0, 10, 10]], [1], ignore=[[100, 100, 110, 110], [0, 0, 10, 12]]
+    )  # 2nd: IoU 0.83 w/ anchor 0
     labels, _ = make_rpn().assign_targets_to_anchors([anchors], [t])
     # anchors 0 and 8 overlap the ignore box [0,0,10,12] by 0.83 -> ignored; anchor 1 ([0,0,10,5]) 0.42 -> ignored
     assert labels[0].tolist() == [-1, -1, -1, -1, -1, 0, -1, 0, -1]
@@ -188,7 +195,9 @@ def test_head_uses_all_rois_by_default_and_balanced_sampler_when_asked():
     proposals = torch.cat([T([[0, 0, 10, 9]] * 10), T([[50, 50, 60, 60]] * 90)])
     _, _, labels, _ = make_heads().select_training_samples([proposals], [target(gt, [1])])
     assert labels[0].numel() == 101 and int((labels[0] > 0).sum()) == 11
-    _, _, labels, _ = make_heads(batch_size_per_image=16).select_training_samples([proposals], [target(gt, [1])])
+    _, _, labels, _ = make_heads(batch_size_per_image=16).select_training_samples(
+        [proposals], [target(gt, [1])]
+    )
     assert labels[0].numel() == 16 and int((labels[0] > 0).sum()) == 4  # 25% of 16
 
 
@@ -200,7 +209,9 @@ def test_head_negative_chip_losses_finite_and_box_loss_zero():
     cls, box = heads.box_loss(logits, torch.randn(2, 4), labels, reg)
     assert torch.isfinite(cls) and box.item() == 0
     # nothing at all (all proposals out of range, no GT): zero losses, still differentiable
-    _, _, labels, reg = heads.select_training_samples([T([[0, 0, 10, 10]])], [target(valid_range=(50.0, 60.0))])
+    _, _, labels, reg = heads.select_training_samples(
+        [T([[0, 0, 10, 10]])], [target(valid_range=(50.0, 60.0))]
+    )
     cls, box = heads.box_loss(torch.zeros(0, 3, requires_grad=True), torch.zeros(0, 4), labels, reg)
     assert cls.item() == 0 and box.item() == 0 and cls.requires_grad
 

@@ -34,9 +34,10 @@ with a warning naming the file, and counted in :attr:`ChipDataset.bad_files` of 
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,15 @@ from sniper.data.coco import CocoDataset
 from sniper.data.draw import draw_item
 from sniper.data.images import LoadedImage, check_image_size, load_image, resolve_image_path
 from sniper.data.plan import ChipBatchSampler, ChipKey, ChipTable
-from sniper.data.transforms import ImageCache, chip_tensor, draft_reduce, flip_boxes, reduction, render_chip
+from sniper.data.transforms import (
+    ImageCache,
+    chip_tensor,
+    draft_reduce,
+    flip_boxes,
+    reduction,
+    render_chip,
+    to_unit_float,
+)
 from sniper.errors import BadImageError
 
 __all__ = [
@@ -64,6 +73,7 @@ __all__ = [
     "check_images",
     "chip_to_original",
     "collate_chips",
+    "targets_to_torch",
     "draw_item",
 ]
 
@@ -100,6 +110,9 @@ class ChipDataset(Dataset):
                 f"chips use scale_index {np.unique(chips.scale_index[bad_scale]).tolist()}, "
                 f"but chips.scales has {len(chip_cfg.scales)} scales (same config as `sniper chips`?)"
             )
+        # Transport mode, set by ChipBatchSource for its workers: items carry uint8 pixels (4x less
+        # to copy through shared memory) and numpy targets; the main process converts the batch.
+        self.uint8_pixels = False
         self.bad_files: dict[str, str] = {}  # file -> reason, images that failed in THIS process
         self._bad_ids: set[int] = set()
         self._cache: ImageCache | None = None
@@ -181,19 +194,22 @@ class ChipDataset(Dataset):
         ignore = lab.boxes[lab.ignore].astype(np.float32).reshape(-1, 4)
         if flip:
             boxes, ignore = flip_boxes(boxes, w), flip_boxes(ignore, w)
-        return {
-            "boxes": torch.from_numpy(boxes),
-            "labels": torch.from_numpy(self.coco.label_of(lab.classes[lab.valid]).astype(np.int64)),
-            "ignore_boxes": torch.from_numpy(ignore),
-            "valid_range": torch.tensor(lab.valid_range, dtype=torch.float32),
-            "image_size": torch.tensor([h, w], dtype=torch.int64),
+        target = {
+            "boxes": boxes,
+            "labels": self.coco.label_of(lab.classes[lab.valid]).astype(np.int64),
+            "ignore_boxes": ignore,
+            "valid_range": lab.valid_range.astype(np.float32),
+            "image_size": np.array([h, w], dtype=np.int64),
             "image_id": image_id,
             "scale": chip.scale,
             "scale_index": chip.scale_index,
-            "origin": torch.tensor([chip.x1, chip.y1], dtype=torch.float64),
-            "chip_box": torch.tensor([chip.x1, chip.y1, chip.x2, chip.y2], dtype=torch.float64),
+            "origin": np.array([chip.x1, chip.y1], dtype=np.float64),
+            "chip_box": np.array([chip.x1, chip.y1, chip.x2, chip.y2], dtype=np.float64),
             "flipped": bool(flip),
         }
+        # In DataLoader workers (transport mode) the arrays stay numpy: pickled inline with the
+        # batch, where every tensor would travel through a shared-memory file of its own.
+        return target if self.uint8_pixels else targets_to_torch(target)
 
     def render(self, index: int) -> np.ndarray:
         """The chip content ``(h, w, 3)`` uint8 at its own size, unflipped, unpadded."""
@@ -212,7 +228,8 @@ class ChipDataset(Dataset):
             if image_id not in self._bad_ids:
                 try:
                     content = self.render(index)
-                    return chip_tensor(content, self.chip_cfg.chip_size, flip), self.target(index, flip)
+                    image = chip_tensor(content, self.chip_cfg.chip_size, flip, uint8=self.uint8_pixels)
+                    return image, self.target(index, flip)
                 except BadImageError as e:
                     if self.data_cfg.on_bad_image == "error":
                         raise
@@ -223,6 +240,11 @@ class ChipDataset(Dataset):
                     )
             index = (index + 1) % len(self.chips)  # replacement: the next chip of a good image
         raise BadImageError(str(self.image_root), "every image of the chip dataset is bad")
+
+
+def targets_to_torch(target: Target) -> Target:
+    """numpy arrays of a target -> tensors (zero-copy)."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in target.items()}
 
 
 def chip_to_original(boxes: torch.Tensor | np.ndarray, target: Target) -> np.ndarray:
@@ -256,16 +278,28 @@ class ChipBatchSource:
 
     One DataLoader with persistent workers; the batch sampler is re-planned per epoch in the main
     process (it is cheap) and lays batches out so each worker gets contiguous runs of images.
+    Workers send uint8 pixels (a float chip is 3 MB; copying it through shared memory cost more
+    CPU than rendering it); batches come out as float in [0, 1], identical to ``dataset[key]``.
     """
 
-    def __init__(self, dataset: ChipDataset, sampler: ChipBatchSampler, *, num_workers: int = 0,
-                 pin_memory: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: ChipDataset,
+        sampler: ChipBatchSampler,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         self.dataset = dataset
         self.sampler = sampler
         if sampler.num_workers != num_workers:
             raise ValueError(
                 f"sampler was laid out for {sampler.num_workers} workers, loader has {num_workers}"
             )
+        self._uint8 = num_workers > 0
+        if self._uint8:
+            dataset = copy.copy(dataset)
+            dataset.uint8_pixels = True
         self.loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -279,10 +313,13 @@ class ChipBatchSource:
     def batches_per_epoch(self) -> int:
         return self._per_epoch
 
-    def iterate(self, epoch: int, start: int) -> Iterable[tuple[torch.Tensor, list[Target]]]:
+    def iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, list[Target]]]:
         # Batches before `start` are full, so `start` batches = start * batch_size items.
         self.sampler.set_epoch(epoch, start * self.sampler.batch_size)
-        return self.loader
+        for images, targets in self.loader:
+            if self._uint8:
+                images, targets = to_unit_float(images), [targets_to_torch(t) for t in targets]
+            yield images, targets
 
 
 # ---------------------------------------------------------------- image checks

@@ -32,21 +32,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _engine_table(coco, props, cfg, workers: int):
-    """Chips of epoch 0 straight from the chip engine (what `sniper chips` would write)."""
+def _engine_table(coco, props, cfg):
+    """Chips of epoch 0 straight from the chip engine: positives and the whole negative pool,
+    exactly the rows `sniper chips` would write (:func:`sniper.chips.epoch_pool`)."""
     import numpy as np
 
-    from sniper.chips import chips_columns
-    from sniper.chips_cmd import ImageTask, image_chips
+    from sniper.chips import chips_columns, epoch_pool
     from sniper.data.plan import ChipTable
 
-    del workers  # the engine is fast next to decoding and encoding pixels
     parts = []
     for i, rec in enumerate(coco.images):
         a = coco.annotations_at(i)
         p = None if props is None else props.at(i)[0]
-        task = ImageTask(rec.id, rec.width, rec.height, a.boxes, a.iscrowd, p)
-        parts += list(image_chips(task, cfg.chips, cfg.seed))
+        parts += epoch_pool(
+            rec.id,
+            a.boxes,
+            rec.width,
+            rec.height,
+            cfg.chips,
+            iscrowd=a.iscrowd,
+            proposals=p,
+            seed=cfg.seed,
+            epoch=0,
+        )
     cols = chips_columns(parts)
     cols["kind"] = np.asarray(cols["kind"]).astype(str)
     return ChipTable.from_columns(cols)
@@ -78,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if args.proposals is not None:
             props = load_results(args.proposals, coco, strict=args.strict)
             print(props.report.format())
-        table = _engine_table(coco, props, cfg, args.workers)
+        table = _engine_table(coco, props, cfg)
     table = select_chips(
         table,
         negatives=args.negatives,

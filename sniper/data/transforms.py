@@ -23,6 +23,7 @@ from sniper.data.images import LoadedImage
 __all__ = [
     "ImageCache",
     "chip_tensor",
+    "to_unit_float",
     "draft_reduce",
     "flip_boxes",
     "reduction",
@@ -80,21 +81,30 @@ def _inside(start: float, step: float, n: int, limit: int) -> int:
     return int(min(n, max(1, math.floor((limit - start) / step + 1e-9))))
 
 
-def chip_tensor(content: np.ndarray, chip_size: int, flip: bool) -> torch.Tensor:
-    """``[3, K, K]`` float in [0, 1]: ``content`` (h, w, 3) uint8 at the top-left, mirrored inside
-    its own width if ``flip``; zero padding.
+def chip_tensor(content: np.ndarray, chip_size: int, flip: bool, *, uint8: bool = False) -> torch.Tensor:
+    """``[3, K, K]`` float in [0, 1] (or uint8 0..255 with ``uint8``): ``content`` (h, w, 3) uint8
+    at the top-left, mirrored inside its own width if ``flip``; zero padding.
 
     numpy, single-threaded: small torch ops pay for intra-op threading in the main process.
     """
     h, w = content.shape[:2]
     src = content[:, ::-1] if flip else content
-    out = np.empty((3, chip_size, chip_size), dtype=np.float32)
-    out[:, h:] = 0.0  # only the padding is cleared; the content is written once
-    out[:, :h, w:] = 0.0
-    chw = np.ascontiguousarray(
-        src.transpose(2, 0, 1)
-    )  # uint8 shuffle first: cheaper than a strided float pass
-    np.multiply(chw, np.float32(1.0 / 255.0), out=out[:, :h, :w])
+    # uint8 shuffle to CHW first: cheaper than a strided float pass
+    chw = np.ascontiguousarray(src.transpose(2, 0, 1))
+    out = np.empty((3, chip_size, chip_size), dtype=np.uint8 if uint8 else np.float32)
+    out[:, h:] = 0  # only the padding is cleared; the content is written once
+    out[:, :h, w:] = 0
+    if uint8:
+        out[:, :h, :w] = chw
+    else:
+        np.multiply(chw, np.float32(1.0 / 255.0), out=out[:, :h, :w])
+    return torch.from_numpy(out)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 chips -> float in [0, 1], the same values :func:`chip_tensor` gives (numpy, one thread)."""
+    out = np.empty(tuple(images.shape), dtype=np.float32)
+    np.multiply(images.numpy(), np.float32(1.0 / 255.0), out=out)
     return torch.from_numpy(out)
 
 

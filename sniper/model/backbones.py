@@ -56,7 +56,9 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def load_imagenet(builder: Callable[..., nn.Module], weights: torchvision.models.WeightsEnum, **kwargs) -> nn.Module:
+def load_imagenet(
+    builder: Callable[..., nn.Module], weights: torchvision.models.WeightsEnum, **kwargs
+) -> nn.Module:
     """``builder(weights=weights)``; a missing/undownloadable file becomes a SniperError naming it."""
     try:
         return builder(weights=weights, **kwargs)
@@ -116,7 +118,9 @@ class MobileNetV2Backbone(SniperBackbone):
         super().__init__()
         norm = norm_layer_of(cfg.norm)
         if cfg.pretrained:
-            net = load_imagenet(mobilenet.mobilenet_v2, mobilenet.MobileNet_V2_Weights.IMAGENET1K_V1, norm_layer=norm)
+            net = load_imagenet(
+                mobilenet.mobilenet_v2, mobilenet.MobileNet_V2_Weights.IMAGENET1K_V1, norm_layer=norm
+            )
         else:
             net = mobilenet.mobilenet_v2(weights=None, norm_layer=norm)
         self.body = net.features
@@ -140,7 +144,12 @@ class DeformableConv3x3(nn.Module):
         super().__init__()
         k = conv.kernel_size
         self.offset = nn.Conv2d(
-            conv.in_channels, 2 * k[0] * k[1], k, stride=conv.stride, padding=conv.padding, dilation=conv.dilation
+            conv.in_channels,
+            2 * k[0] * k[1],
+            k,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
         )
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
@@ -216,8 +225,7 @@ class FpnBackbone(SniperBackbone):
         self.rpn_features, self.head_features = names, names[:4]
         self.rpn_in_channels = self.head_in_channels = self.fpn.out_channels
         self.strides = dict(zip(names, [4, 8, 16, 32, 64]))
-        self.freeze(
-            ["fpn.body.conv1", "fpn.body.bn1", "fpn.body.layer1"][: (0, 2, 3)[cfg.freeze_at]])
+        self.freeze(["fpn.body.conv1", "fpn.body.bn1", "fpn.body.layer1"][: (0, 2, 3)[cfg.freeze_at]])
 
     def forward(self, x: Tensor, with_head: bool = True) -> OrderedDict[str, Tensor]:
         return self.fpn(x)

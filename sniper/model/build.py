@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -67,4 +68,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
     )
-    return SniperFasterRCNN(backbone, rpn, roi_heads, num_classes, norm=cfg.norm)
+    model = SniperFasterRCNN(backbone, rpn, roi_heads, num_classes, norm=cfg.norm)
+    if cfg.channels_last:
+        model.channels_last = True
+        model.backbone.to(memory_format=torch.channels_last)
+    return model

@@ -34,7 +34,12 @@ class SniperFasterRCNN(nn.Module):
     """
 
     def __init__(
-        self, backbone: SniperBackbone, rpn: SniperRPN, roi_heads: SniperRoIHeads, num_classes: int, norm: str = "bn"
+        self,
+        backbone: SniperBackbone,
+        rpn: SniperRPN,
+        roi_heads: SniperRoIHeads,
+        num_classes: int,
+        norm: str = "bn",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -43,6 +48,7 @@ class SniperFasterRCNN(nn.Module):
         self.num_classes = num_classes
         self.norm = norm  # "sync_bn": the trainer converts with backbones.convert_sync_batchnorm
         self.rpn_only = False
+        self.channels_last = False  # set by build_model with the backbone's memory format
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -51,7 +57,9 @@ class SniperFasterRCNN(nn.Module):
     def preprocess(self, images: Tensor, image_sizes: list[tuple[int, int]] | None) -> ImageList:
         """Normalise with ImageNet mean/std and pad; an ImageList with the unpadded sizes."""
         if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise SniperError(f"images must be a float tensor [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise SniperError(
+                f"images must be a float tensor [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
+            )
         b, _, h, w = images.shape
         if image_sizes is None:
             image_sizes = [(h, w)] * b
@@ -63,9 +71,13 @@ class SniperFasterRCNN(nn.Module):
         pad_h, pad_w = math.ceil(h / d) * d - h, math.ceil(w / d) * d - w
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return ImageList(x, image_sizes)
 
-    def prepare_targets(self, targets: list[dict[str, Tensor]] | None, batch: int, device) -> list[dict[str, Tensor]]:
+    def prepare_targets(
+        self, targets: list[dict[str, Tensor]] | None, batch: int, device
+    ) -> list[dict[str, Tensor]]:
         """Targets as fp32/int64 tensors on ``device`` with defaults for the optional keys; bad
         boxes or labels raise a SniperError naming the image and the box."""
         if targets is None or len(targets) != batch:
@@ -91,9 +103,13 @@ class SniperFasterRCNN(nn.Module):
             bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
             if bad.any():
                 j = int(torch.where(bad)[0][0])
-                raise SniperError(f"target {i}: box {j} {boxes[j].tolist()} is not finite with x2 > x1, y2 > y1")
+                raise SniperError(
+                    f"target {i}: box {j} {boxes[j].tolist()} is not finite with x2 > x1, y2 > y1"
+                )
             if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
-                raise SniperError(f"target {i}: labels must be in 1..{self.num_classes}, got {labels.tolist()[:10]}")
+                raise SniperError(
+                    f"target {i}: labels must be in 1..{self.num_classes}, got {labels.tolist()[:10]}"
+                )
             out.append({"boxes": boxes, "labels": labels, "ignore_boxes": ignore, "valid_range": vr})
         return out
 
@@ -118,7 +134,9 @@ class SniperFasterRCNN(nn.Module):
             return losses
         head_feats = OrderedDict((k, feats[k]) for k in self.backbone.head_features)
         pool_shapes = [tuple(image_list.tensors.shape[-2:])] * images.shape[0]
-        detections, head_losses = self.roi_heads(head_feats, proposals, image_list.image_sizes, targets, pool_shapes)
+        detections, head_losses = self.roi_heads(
+            head_feats, proposals, image_list.image_sizes, targets, pool_shapes
+        )
         if self.training:
             return {**losses, **head_losses}
         return detections

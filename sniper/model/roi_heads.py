@@ -114,10 +114,13 @@ class SniperRoIHeads(RoIHeads):
     def filter_proposals(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> list[Tensor]:
         """Drop out-of-range proposals, then keep the best ``proposals_per_image`` (they come sorted)."""
         return [
-            p[self.in_valid_range(p, t["valid_range"])][: self.proposals_per_image] for p, t in zip(proposals, targets)
+            p[self.in_valid_range(p, t["valid_range"])][: self.proposals_per_image]
+            for p, t in zip(proposals, targets)
         ]
 
-    def mark_ignored(self, proposals: list[Tensor], labels: list[Tensor], targets: list[dict[str, Tensor]]) -> None:
+    def mark_ignored(
+        self, proposals: list[Tensor], labels: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> None:
         """Background RoIs overlapping an ignore box by IoU > ``ignore_iou_thresh`` become -1 (in place)."""
         for p, lab, t in zip(proposals, labels, targets):
             lab[(lab == 0) & ignored_by(p, t["ignore_boxes"], self.ignore_iou_thresh)] = -1
@@ -142,7 +145,11 @@ class SniperRoIHeads(RoIHeads):
 
         matched_gt_boxes = []
         for i, inds in enumerate(sampled_inds):
-            proposals[i], labels[i], matched_idxs[i] = proposals[i][inds], labels[i][inds], matched_idxs[i][inds]
+            proposals[i], labels[i], matched_idxs[i] = (
+                proposals[i][inds],
+                labels[i][inds],
+                matched_idxs[i][inds],
+            )
             gt = gt_boxes[i] if gt_boxes[i].numel() else proposals[i].new_zeros((1, 4))
             matched_gt_boxes.append(gt[matched_idxs[i]])
         regression_targets = self.box_coder.encode(matched_gt_boxes, proposals)
@@ -151,7 +158,11 @@ class SniperRoIHeads(RoIHeads):
     # ------------------------------------------------------------ losses and outputs
 
     def box_loss(
-        self, class_logits: Tensor, box_regression: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        labels: list[Tensor],
+        regression_targets: list[Tensor],
     ) -> tuple[Tensor, Tensor]:
         """torchvision's fastrcnn_loss (mean CE, box loss summed over fg / #RoIs), class-agnostic
         aware and finite (zero, still connected to the graph) when a batch has no RoI."""
@@ -171,13 +182,19 @@ class SniperRoIHeads(RoIHeads):
         return classification_loss, box_loss
 
     def postprocess_detections(
-        self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         if self.class_agnostic:  # the same box for every class
             box_regression = box_regression.repeat(1, class_logits.shape[-1])
         return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
 
-    def predict(self, features: dict[str, Tensor], proposals: list[Tensor], pool_shapes: list[tuple[int, int]]):
+    def predict(
+        self, features: dict[str, Tensor], proposals: list[Tensor], pool_shapes: list[tuple[int, int]]
+    ):
         """Class logits and box deltas (fp32) of every RoI."""
         x = self.box_head(self.box_roi_pool(features, proposals, pool_shapes))
         return self.box_predictor(x)
@@ -196,8 +213,12 @@ class SniperRoIHeads(RoIHeads):
         if self.training:
             proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
             class_logits, box_regression = self.predict(features, proposals, pool_shapes)
-            loss_classifier, loss_box_reg = self.box_loss(class_logits, box_regression, labels, regression_targets)
+            loss_classifier, loss_box_reg = self.box_loss(
+                class_logits, box_regression, labels, regression_targets
+            )
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         class_logits, box_regression = self.predict(features, proposals, pool_shapes)
-        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        boxes, scores, labels = self.postprocess_detections(
+            class_logits, box_regression, proposals, image_shapes
+        )
         return [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)], {}

@@ -30,7 +30,9 @@ class Fp32AnchorGenerator(AnchorGenerator):
     """torchvision's AnchorGenerator, always in fp32 (bf16 cannot hold chip px coordinates)."""
 
     def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
-        shapes = [torch.empty((0, 0, *f.shape[-2:]), dtype=torch.float32, device=f.device) for f in feature_maps]
+        shapes = [
+            torch.empty((0, 0, *f.shape[-2:]), dtype=torch.float32, device=f.device) for f in feature_maps
+        ]
         return super().forward(image_list, shapes)
 
 
@@ -78,7 +80,11 @@ class SniperRPN(RegionProposalNetwork):
         return labels, matched_gt_boxes
 
     def compute_loss(
-        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+        self,
+        objectness: Tensor,
+        pred_bbox_deltas: Tensor,
+        labels: list[Tensor],
+        regression_targets: list[Tensor],
     ) -> tuple[Tensor, Tensor]:
         """torchvision's loss (256 sampled per image, box loss over positives), in fp32 and
         finite when nothing could be sampled."""
@@ -117,7 +123,9 @@ class SniperRPN(RegionProposalNetwork):
         if need_proposals:
             # Faster R-CNN does not backprop through the proposals
             proposals = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
-            boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+            boxes, scores = self.filter_proposals(
+                proposals, objectness, images.image_sizes, num_anchors_per_level
+            )
 
         losses: dict[str, Tensor] = {}
         if self.training and targets is not None:
