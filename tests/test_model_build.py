@@ -282,7 +282,9 @@ def test_channels_last_is_only_a_memory_layout():
     outs = []
     for channels_last in (False, True):
         torch.manual_seed(0)
-        model = build_model(ModelConfig(anchor_sizes=[16, 32], channels_last=channels_last), NUM_CLASSES).eval()
+        model = build_model(
+            ModelConfig(anchor_sizes=[16, 32], channels_last=channels_last), NUM_CLASSES
+        ).eval()
         with torch.no_grad():
             outs.append(model(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)))[0])
     assert torch.allclose(outs[0]["scores"], outs[1]["scores"], atol=1e-4)
