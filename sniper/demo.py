@@ -18,11 +18,12 @@ from sniper.cli import add_config_arguments
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu_small.yaml"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+BASELINE_BATCH = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--images", type=int, default=160, help="synthetic images to generate (80%% train)")
+    p.add_argument("--images", type=int, default=64, help="synthetic images to generate (80%% train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--fresh", action="store_true", help="start over instead of continuing a previous run")
@@ -137,10 +138,16 @@ def run(args: argparse.Namespace) -> int:
     base_dir = out / "baseline_run"
     base_model = base_dir / "model_final.pt"
     if not base_model.exists():
+        # Whole 800x1333 images cost ~16 chips each: a smaller batch, learning rate scaled linearly.
+        from dataclasses import replace
+
+        bs = BASELINE_BATCH
+        base_cfg = replace(cfg, train=replace(cfg.train, batch_size=bs, lr=cfg.train.lr * bs / cfg.train.batch_size,
+                                               warmup_iters=cfg.train.warmup_iters * cfg.train.batch_size // bs))
         clock.run(
             "baseline_training",
             train_full_image,
-            cfg, train_json, image_root, base_dir,
+            base_cfg, train_json, image_root, base_dir,
             scales=SINGLE_SCALE_800, time_budget_s=train_budget, device=device,
         )  # fmt: skip
     base_pred = out / "baseline_predict"

@@ -171,9 +171,10 @@ def test_epochs_are_reproducible_and_resume_exactly(coco_dir):
     flips = [f for _, f in _keys(a, 0) + _keys(a, 1)]
     assert any(flips) and not all(flips)
     assert not any(f for _, f in _keys(FullImageBatchSource(ds, batch_size=2, seed=7, flip=False), 0))
-    # Aspect grouping: a batch never mixes landscape and portrait images.
+    # Grouping: a batch never mixes landscape and portrait images, nor scales.
     for batch in a.epoch_batches(0):
         assert len({bool(ds.sizes[i, 0] >= ds.sizes[i, 1]) for i, _ in batch}) == 1
+        assert len({i % 2 for i, _ in batch}) == 1
     full = list(a.iterate(1, 0))
     assert len(full) == a.batches_per_epoch()
     resumed = list(b.iterate(1, 3))

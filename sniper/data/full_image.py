@@ -27,8 +27,8 @@ it is the full image pyramid (every training scale of ``cfg.chips.scales``). An 
 :func:`full_to_original` maps predicted boxes of an item back to original pixels.
 
 ``FullImageBatchSource`` is a ``sniper.engine.train.BatchSource``: per epoch a reproducible
-shuffle of ``(seed, epoch)``, batches grouped by orientation (landscape / portrait, so padding
-stays small, as Detectron does), each batch split over the ranks (equal shares, wrapping round
+shuffle of ``(seed, epoch)``, batches grouped by scale and orientation (landscape / portrait, so
+padding stays small, as Detectron does), each batch split over the ranks (equal shares, wrapping round
 so DDP stays in step), ``start`` skips whole batches. :func:`collate_full_images` zero-pads the
 images of a batch to a common size (a multiple of 32) at the top-left; coordinates are unchanged.
 The model must be given the unpadded sizes: ``model(images, targets, image_sizes=image_sizes(targets))``.
@@ -289,8 +289,10 @@ class FullImageBatchSource:
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0xF011])
         order = rng.permutation(n)
         if self.group_aspect:
+            # One scale and one orientation per batch: padding stays small.
             w, h = self.dataset.sizes[order, 0], self.dataset.sizes[order, 1]
-            groups = [order[w >= h], order[w < h]]
+            key = (order % len(self.dataset.scales)) * 2 + (w < h)
+            groups = [order[key == k] for k in np.unique(key)]
         else:
             groups = [order]
         per = self.batch_size * self.world_size

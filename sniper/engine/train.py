@@ -254,6 +254,13 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return images, targets
 
 
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast(device: torch.device, enabled: bool):
     dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
@@ -291,6 +298,14 @@ def train_stage(
     total_iters = iters_per_epoch * spec.epochs
     if cfg.max_iters is not None:
         total_iters = min(total_iters, cfg.max_iters)
+
+    if cfg.amp and device.type == "cpu" and not _cpu_has_bf16():
+        # Without native bf16 the CPU emulates it and autocast runs tens of times slower than fp32.
+        if dist_info.is_main:
+            print(f"[{spec.name}] train.amp: this CPU has no native bf16 support; training in fp32")
+        from dataclasses import replace
+
+        cfg = replace(cfg, amp=False)
 
     optimizer = build_optimizer(model, cfg, spec.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_lambda(cfg, iters_per_epoch))
