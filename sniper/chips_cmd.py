@@ -426,7 +426,38 @@ def visualize(
             with atomic_path(p2) as tmp:
                 viz.tile(pictures, captions, colors=colors, cell=320, cols=4).save(tmp, format="PNG")
             written.append(p2)
+        if image_root is not None and len(both):
+            p3 = out / f"{rec.id}_items.png"
+            if _draw_items(ds, both, cfg, image_root, p3):
+                written.append(p3)
     return written
+
+
+def _draw_items(ds: CocoDataset, chips: ImageChips, cfg: Config, image_root: str, path: Path) -> bool:
+    """Dataset items exactly as the model receives them (crop, resize, pad; every other one flipped)."""
+    from sniper import viz
+    from sniper.data.chip_dataset import ChipDataset
+    from sniper.data.draw import draw_item
+    from sniper.data.plan import ChipKey, ChipTable
+
+    names = {i + 1: str(c.get("name", c["id"])) for i, c in enumerate(ds.categories)}
+    dataset = ChipDataset(ds, ChipTable.from_image_chips([chips]), image_root, cfg.chips, cfg.data)
+    pictures, captions = [], []
+    try:
+        for i in range(len(dataset)):
+            flip = i % 2 == 1
+            image, target = dataset[ChipKey(i, flip)]
+            pictures.append(draw_item(image, target, names=names))
+            captions.append(
+                f"item {i}{' flipped' if flip else ''}: {len(target['boxes'])} valid, "
+                f"{len(target['ignore_boxes'])} ignore"
+            )
+    except BadImageError as e:
+        print(f"sniper chips: warning: {e}; no dataset items drawn", file=sys.stderr)
+        return False
+    with atomic_path(path) as tmp:
+        viz.tile(pictures, captions, cell=320, cols=4).save(tmp, format="PNG")
+    return True
 
 
 # ------------------------------------------------------------------ entry point

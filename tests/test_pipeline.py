@@ -1,0 +1,176 @@
+"""End-to-end training pipeline: all four stages, learning, exact resume, DDP, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sniper.config import load_config
+from sniper.data.synthetic import SyntheticSettings, make_dataset
+from sniper.engine.pipeline import run_pipeline
+
+TINY_SCENES = SyntheticSettings(
+    min_side=160,
+    max_side=256,
+    min_object=28.0,
+    normal_max_frac=0.45,
+    huge_prob=0.0,
+    objects=(2, 3),
+    objects_per_mp=0.0,
+    distractors=(0, 0),
+    distractors_per_mp=0.0,
+    truncate_prob=0.0,
+    crowd_prob=0.0,
+    noise_sigma=(2.0, 3.0),
+)
+
+TINY_CONFIG = [
+    "chips.chip_size=128",
+    "chips.stride=32",
+    "chips.scales=[{factor: 1.0, range: [0, 100]}, {longest: 128, range: [64, null]}]",
+    "chips.neg_min_proposals=[2, 2]",
+    "data.num_workers=0",
+    "model.backbone=mobilenet_v2",
+    "model.head_channels=64",
+    "model.fc_dim=128",
+    "model.anchor_sizes=[32, 64, 128]",
+    "model.rpn_post_nms_top_n_train=64",
+    "model.rpn_pre_nms_top_n_test=300",
+    "model.rpn_post_nms_top_n_test=100",
+    "train.batch_size=4",
+    "train.lr=0.02",
+    "train.warmup_iters=5",
+    "train.log_every=2",
+    "train.rpn_epochs=1",
+    "proposals.scales=[{factor: 1.0}]",
+    "proposals.top_per_scale=50",
+    "infer.scales=[{factor: 1.0}]",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    make_dataset(out, images=5, seed=3, val_fraction=0.2, settings=TINY_SCENES, progress=False)
+    return out
+
+
+def _cfg(*extra: str):
+    return load_config(None, [*TINY_CONFIG, *extra])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors on a shared 2-core box: a second OpenMP thread only adds contention.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_all_four_stages_run_and_record(tiny_data, tmp_path):
+    cfg = _cfg("train.epochs=1", "train.max_iters=2")
+    res = run_pipeline(cfg, tiny_data / "train.json", tiny_data / "images", tmp_path, device="cpu")
+    book = json.loads((tmp_path / "stages.json").read_text())
+    assert [k for k in book if book[k]["done"]] == ["rpn", "proposals", "negatives", "detector"]
+    assert res.model_path.is_file() and (tmp_path / "rpn_model.pt").is_file()
+    props = json.loads((tmp_path / "proposals.json").read_text())
+    assert props and {"image_id", "bbox", "score", "category_id"} <= set(props[0])
+    assert (tmp_path / "chips.parquet").is_file() and (tmp_path / "config.yaml").is_file()
+    for stage in ("rpn", "detector"):
+        assert (tmp_path / "logs" / f"{stage}.jsonl").is_file()
+        assert (tmp_path / "plots" / f"{stage}_loss.png").is_file()
+    # a rerun skips every finished stage
+    mtime = res.model_path.stat().st_mtime_ns
+    run_pipeline(cfg, tiny_data / "train.json", tiny_data / "images", tmp_path, device="cpu")
+    assert res.model_path.stat().st_mtime_ns == mtime
+
+
+def test_tiny_run_learns_and_finds_its_training_objects(tiny_data, tmp_path):
+    from sniper.boxes import iou_matrix, xywh_to_xyxy
+    from sniper.engine.checkpoint import load_model_for_inference
+    from sniper.engine.predict import Predictor, coco_items, iter_loaded
+
+    cfg = _cfg("train.negatives=false", "train.epochs=60", "train.lr_steps=[45]", "data.flip=false")
+    res = run_pipeline(cfg, tiny_data / "train.json", tiny_data / "images", tmp_path, device="cpu")
+    rows = [json.loads(x) for x in (tmp_path / "logs" / "detector.jsonl").read_text().splitlines()]
+    first, last = rows[0]["loss"], np.mean([r["loss"] for r in rows[-3:]])
+    assert last < 0.5 * first, f"loss did not fall clearly: {first:.3f} -> {last:.3f}"
+
+    model, cfg2, cats = load_model_for_inference(res.model_path)
+    from sniper.data.coco import load_coco
+
+    coco = load_coco(tiny_data / "train.json")
+    predictor = Predictor(model, cfg2.infer, cats, "cpu")
+    found = total = 0
+    for _, chunk in iter_loaded(coco_items(coco, tiny_data / "images"), cfg2.infer.scales, batch_size=2):
+        dets = predictor.predict([im for _, im in chunk])
+        for (item, _), d in zip(chunk, dets, strict=True):
+            ann = coco.annotations(item.image_id)
+            keep = d.scores > 0.3
+            iou = iou_matrix(ann.boxes, d.boxes[keep]) if keep.any() else np.zeros((len(ann.boxes), 0))
+            same = ann.category_ids[:, None] == d.category_ids[keep][None, :]
+            found += int(((iou > 0.5) & same).any(axis=1).sum())
+            total += len(ann.boxes)
+    assert total > 0
+    assert found / total >= 0.6, f"found {found} of {total} training objects"
+    del xywh_to_xyxy
+
+
+def _final_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_equals_straight_run(tiny_data, tmp_path):
+    extra = ("train.negatives=false", "train.epochs=2", "train.checkpoint_every=1", "train.deterministic=true")
+    a = run_pipeline(_cfg(*extra), tiny_data / "train.json", tiny_data / "images", tmp_path / "a", device="cpu")
+    n = json.loads((tmp_path / "a" / "stages.json").read_text())["detector"]["iterations"]
+    assert n >= 4
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_cfg(*extra), tiny_data / "train.json", tiny_data / "images", tmp_path / "b", device="cpu",
+                     interrupt_after=n // 2)  # fmt: skip
+    assert not (tmp_path / "b" / "model_final.pt").exists()
+    torch.manual_seed(1234)  # a new process would not share the first run's RNG state
+    b = run_pipeline(_cfg(*extra), tiny_data / "train.json", tiny_data / "images", tmp_path / "b", device="cpu",
+                     resume=True)  # fmt: skip
+    sa, sb = _final_state(a.model_path), _final_state(b.model_path)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{k} differs after resume"
+
+
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+        "-m", "sniper", "train", "--annotations", str(tiny_data / "train.json"), "--images",
+        str(tiny_data / "images"), "--out", str(tmp_path / "run"), "--device", "cpu",
+    ]  # fmt: skip
+    for s in [*TINY_CONFIG, "train.negatives=false", "train.epochs=1", "train.max_iters=2"]:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "model_final.pt").is_file()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "logs" / "detector.jsonl").read_text().splitlines()]
+    assert rows[-1]["iter"] == 2 and np.isfinite(rows[-1]["loss"])
+
+
+def test_cli_reports_bad_annotations_without_traceback(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [{"id": 1}], "annotations": [], "categories": []}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "sniper", "train", "--annotations", str(bad), "--images", str(tmp_path),
+         "--out", str(tmp_path / "run")],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "sniper train: error:" in proc.stderr and "Traceback" not in proc.stderr
