@@ -9,13 +9,15 @@ so data loading is included. On the synthetic dataset (``sniper make-dataset``; 
 ``--workdir`` when ``--data`` has none):
 
 (a) chips/s at 512 px chips (``ChipDataset`` + ``ChipBatchSampler``, positives + 2 negatives per
-    image) with ``train.amp`` off and on (bf16 autocast on CPU);
+    image) with ``train.amp`` off (batch 8) and on (bf16 autocast on CPU; batch ``--amp-batch``,
+    2 by default). On a CPU without native bf16 the trainer trains in fp32 even with amp on, and
+    the amp row says so (``--force-bf16`` times the emulated bf16 anyway: ~150 s for 2 chips);
 (b) time per epoch of
     - SNIPER: the epoch plan's chips (all positive chips + ``neg_per_image`` negatives per image,
       from the chip engine; negatives mined from RANDOM boxes standing in for RPN proposals),
       iterations per epoch x measured seconds per iteration (from (a), amp off);
-    - single scale (short 800, long <= 1333, ``FullImageBatchSource``): iterations per epoch x
-      measured seconds per iteration;
+    - single scale (short 800, long <= 1333, ``FullImageBatchSource``): measured at
+      ``--full-batch`` (2; a batch of 8 such images needs ~10 GB), time per image x images;
     - the full pyramid (every image at each of ``cfg.chips.scales``: x3, x1.667, longest 512):
       a batch of 8 images at x3 (up to ~19 MP each) does not fit in RAM, so pyramid items are
       timed one image per iteration on a sample below ``--max-pixels``, a line
@@ -49,6 +51,7 @@ from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
 from sniper.data.coco import CocoDataset, load_coco
 from sniper.data.full_image import FullImageBatchSource, FullImageDataset
 from sniper.data.plan import ChipBatchSampler, ChipTable
+from sniper.engine import train as train_engine
 from sniper.engine.train import StageSpec, train_stage
 from sniper.io import atomic_write_json
 from sniper.model import build_model
@@ -211,7 +214,10 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path("/tmp/syn"), help="a `sniper make-dataset` folder")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sniper_bench_train"))
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--amp-batch", type=int, default=None, help="batch of the amp-on run (quick: 2)")
+    ap.add_argument(
+        "--amp-batch", type=int, default=None, help="batch of the amp-on run (default 2, quick 1)"
+    )
+    ap.add_argument("--force-bf16", action="store_true", help="time bf16 autocast even without native bf16")
     ap.add_argument("--full-batch", type=int, default=2, help="batch of the timed whole-image iterations")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     ap.add_argument("--iters", type=int, default=None, help="timed iterations per case (after warm-up)")
@@ -224,9 +230,11 @@ def main() -> int:
     budget = args.budget or (10.0 if args.quick else 60.0)
     max_px = (args.max_pixels or (2.5 if args.quick else 4.0)) * 1e6
     pyramid_samples = 6 if args.quick else 9
-    # bf16 autocast is several times slower on CPUs without AVX512-BF16/AMX: fewer chips in --quick.
-    amp_batch = args.amp_batch or (2 if args.quick else args.batch_size)
+    # bf16 autocast is several times slower than fp32 on CPUs without AVX512-BF16/AMX (~150 s for 2
+    # chips here): the amp run uses a smaller batch so the benchmark stays within its time budget.
+    amp_batch = args.amp_batch or (1 if args.quick else 2)
     started = time.perf_counter()
+    load_start = os.getloadavg()
 
     cfg = Config()
     cfg.model.backbone = "mobilenet_v2"
@@ -272,8 +280,17 @@ def main() -> int:
         file=sys.stderr,
     )
 
+    # Without native bf16 the trainer turns train.amp off (fp32); --force-bf16 times emulated bf16 anyway.
+    native_bf16 = train_engine._cpu_has_bf16()
+    if args.force_bf16:
+        train_engine._cpu_has_bf16 = lambda: True
+    amp_mode = "bf16 autocast" if native_bf16 or args.force_bf16 else "falls back to fp32: no native bf16"
     amp_runs = {}
     for amp in (False, True):
+        if amp and not (native_bf16 or args.force_bf16):
+            amp_runs[amp] = {**amp_runs[False], "fallback_to_fp32": True}
+            amp_batch = args.batch_size
+            continue
         print(f"(a) chips, amp={amp} ...", file=sys.stderr)
         amp_runs[amp] = measure(
             model, chip_source(amp_batch if amp else args.batch_size), cfg, iters, amp, budget
@@ -327,9 +344,9 @@ def main() -> int:
     single_epoch = len(single_ds) * single["s_per_iter"] / single["items_per_iter"]
     results = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()},
+                    "threads": torch.get_num_threads(), "load_avg_start": load_start},
         "settings": {"backbone": "mobilenet_v2", "weights": weights, "batch_size": args.batch_size,
-                     "loader_workers": args.workers, "amp_batch": amp_batch, "max_timed_iters": iters, "warmup_iters": 1,
+                     "loader_workers": args.workers, "amp_batch": amp_batch, "amp_mode": amp_mode, "max_timed_iters": iters, "warmup_iters": 1,
                      "budget_s_per_case": budget,
                      "quick": args.quick, "data": str(ann), "train_images": len(coco),
                      "negatives": f"{cfg.chips.neg_per_image}/image from {args.proposals} random boxes (not RPN)",
@@ -364,7 +381,7 @@ def main() -> int:
     print(table(
         ["amp", "batch", "chips/s", "s/iter", "iters timed"],
         [["off (fp32)", str(args.batch_size), f"{fp['chips_per_s']:.2f}", f"{fp['s_per_iter']:.2f}", str(fp["timed_iters"])],
-         ["on (bf16 autocast)", str(amp_batch), f"{am['chips_per_s']:.2f}", f"{am['s_per_iter']:.2f}", str(am["timed_iters"])]],
+         [f"on ({amp_mode})", str(amp_batch), f"{am['chips_per_s']:.2f}", f"{am['s_per_iter']:.2f}", str(am["timed_iters"])]],
     ))  # fmt: skip
     print(
         f"\n(b) one epoch over {len(coco)} synthetic train images, batch {args.batch_size}, fp32, data loading included"

@@ -23,7 +23,7 @@ BASELINE_BATCH = 2
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--images", type=int, default=64, help="synthetic images to generate (80%% train)")
+    p.add_argument("--images", type=int, default=48, help="synthetic images to generate (80%% train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--fresh", action="store_true", help="start over instead of continuing a previous run")

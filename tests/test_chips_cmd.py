@@ -199,7 +199,7 @@ def test_visualize(tmp_path, coco_files):
     args = ["--annotations", str(ann), "--proposals", str(props), "--out", str(out)]
     assert run_chips(*args, "--visualize", "2", "--images", str(images)) == 0
     viz = sorted(p.name for p in (out / "viz").iterdir())
-    assert viz == ["100_chips.png", "100_labels.png", "103_chips.png", "103_labels.png"]
+    assert viz == ["100_chips.png", "100_items.png", "100_labels.png", "103_chips.png", "103_labels.png"]
     overview = np.asarray(Image.open(out / "viz" / "100_chips.png"))
     assert overview.shape[1:] == (640, 3) and overview.shape[0] > 480  # image + legend strip
     overview = overview[:480]
