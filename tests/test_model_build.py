@@ -19,14 +19,6 @@ from sniper.model.backbones import DeformableConv3x3
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 spinning OpenMP threads run far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}
 ALL_LOSSES = RPN_LOSSES | {"loss_classifier", "loss_box_reg"}

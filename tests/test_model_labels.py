@@ -15,14 +15,6 @@ from sniper.model.rpn import Fp32AnchorGenerator, SniperRPN, SniperRPNHead
 T = torch.tensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 spinning OpenMP threads run far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_rpn(batch_size_per_image: int = 256) -> SniperRPN:
     return SniperRPN(

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from sniper.config import ModelConfig
 from sniper.model import build_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 spinning OpenMP threads run far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_mobilenet_overfits_two_chips():

@@ -20,16 +20,6 @@ from sniper.engine.predict import (
 from sniper.scales import Scale, scaled_size
 from sniper.viz_detections import draw_detections
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy CI box they only wait."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 17, "name": "dog"}, {"id": 90, "name": "zebra"}]  # sparse ids
 
 
