@@ -463,10 +463,8 @@ def test_draw_detections_marks_boxes():
 
 
 def test_end_to_end_tiny_real_model(tmp_path):
-    build_model = pytest.importorskip("sniper.model").__dict__.get("build_model")
-    if build_model is None:
-        pytest.skip("sniper.model.build_model not available yet")
     from sniper.engine.checkpoint import save_model_final
+    from sniper.model import build_model
 
     cfg = Config()
     cfg.infer.scales = [Scale(short=96, max_size=128, valid_range=(None, 40)), Scale(short=160, max_size=200)]
