@@ -142,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         bs = BASELINE_BATCH
-        base_cfg = replace(cfg, train=replace(cfg.train, batch_size=bs, lr=cfg.train.lr * bs / cfg.train.batch_size,
-                                               warmup_iters=cfg.train.warmup_iters * cfg.train.batch_size // bs))
+        base_cfg = replace(cfg, train=replace(cfg.train, batch_size=bs, lr=cfg.train.lr * bs / cfg.train.batch_size))
         clock.run(
             "baseline_training",
             train_full_image,
