@@ -359,7 +359,9 @@ def train_stage(
     skipped_nonfinite = 0
     stopped_early = False
 
-    bar = tqdm(total=total_iters, initial=it, desc=spec.name, disable=not dist_info.is_main, dynamic_ncols=True)
+    # Under a time budget the stage may end before its iteration total: show no total (or ETA).
+    bar_total = None if cfg.time_budget_s else total_iters
+    bar = tqdm(total=bar_total, initial=it, desc=spec.name, disable=not dist_info.is_main, dynamic_ncols=True)
     try:
         while it < total_iters:
             epoch, start = divmod(it, iters_per_epoch)
