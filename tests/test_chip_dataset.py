@@ -446,4 +446,4 @@ def test_bad_images_skipped_and_counted(bad_data):
     with pytest.warns(UserWarning, match="img2.jpg"):
         image, t = ds[int(rows[0])]
     assert t["image_id"] == 10 and image.shape == (3, K, K)
-    assert list(Path(f).name for f in ds.bad_files) == ["img2.jpg"]
+    assert list(Path(f).name for f in ds.bad_images.bad_files) == ["img2.jpg"]

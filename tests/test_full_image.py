@@ -201,4 +201,4 @@ def test_bad_image_is_named_or_skipped(coco_dir, tmp_path):
     ds = FullImageDataset(coco, tmp_path, Scale(factor=1.0), DataConfig(on_bad_image="skip"))
     with pytest.warns(UserWarning, match="1.png"):
         _, t = ds[1]
-    assert t["image_id"] == 102 and any("1.png" in k for k in ds.bad_files)
+    assert t["image_id"] == 102 and any("1.png" in k for k in ds.bad_images.bad_files)

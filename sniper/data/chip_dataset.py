@@ -29,14 +29,13 @@ Sampling, shards, resume: :mod:`sniper.data.plan`. Bad images (``cfg.data.on_bad
 "error" raises :class:`~sniper.errors.BadImageError` naming the file; "skip" is meant to go
 through :func:`check_images` before training (lists the bad files, drops their chips, counted);
 a file that only fails at decode time is then replaced by the next chip of a good image,
-with a warning naming the file, and counted in :attr:`ChipDataset.bad_files` of that process.
+with a warning naming the file, and counted in :attr:`ChipDataset.bad_images` (``.bad_files``) of that process.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from tqdm import tqdm
 
 from sniper.chips import Chip, ChipLabels, chip_labels
 from sniper.config import ChipConfig, Config, DataConfig
+from sniper.data.bad_images import BadImagePolicy
 from sniper.data.coco import CocoDataset
 from sniper.data.draw import draw_item
 from sniper.data.images import LoadedImage, check_image_size, load_image, resolve_image_path
@@ -96,10 +96,7 @@ class ChipDataset(Dataset):
         self.image_root = Path(image_root)
         self.chip_cfg = chip_cfg
         self.data_cfg = data_cfg or DataConfig()
-        if self.data_cfg.on_bad_image not in ("error", "skip"):
-            raise ValueError(
-                f"data.on_bad_image must be 'error' or 'skip', got {self.data_cfg.on_bad_image!r}"
-            )
+        self.bad_images = BadImagePolicy(self.data_cfg.on_bad_image, str(image_root))
         self._image_pos = coco.index_of(chips.image_id)
         if np.any(self._image_pos < 0):
             bad = np.unique(chips.image_id[self._image_pos < 0])[:5].tolist()
@@ -113,8 +110,6 @@ class ChipDataset(Dataset):
         # Transport mode, set by ChipBatchSource for its workers: items carry uint8 pixels (4x less
         # to copy through shared memory) and numpy targets; the main process converts the batch.
         self.uint8_pixels = False
-        self.bad_files: dict[str, str] = {}  # file -> reason, images that failed in THIS process
-        self._bad_ids: set[int] = set()
         self._cache: ImageCache | None = None
 
     @classmethod
@@ -223,23 +218,13 @@ class ChipDataset(Dataset):
         index, flip = (int(key), False) if isinstance(key, int | np.integer) else (int(key[0]), bool(key[1]))
         if not 0 <= index < len(self.chips):
             raise IndexError(f"chip index {index} out of range [0, {len(self.chips)})")
-        for _ in range(len(self.chips)):
-            image_id = int(self.chips.image_id[index])
-            if image_id not in self._bad_ids:
-                try:
-                    content = self.render(index)
-                    image = chip_tensor(content, self.chip_cfg.chip_size, flip, uint8=self.uint8_pixels)
-                    return image, self.target(index, flip)
-                except BadImageError as e:
-                    if self.data_cfg.on_bad_image == "error":
-                        raise
-                    self._bad_ids.add(image_id)
-                    self.bad_files[e.file] = e.reason
-                    warnings.warn(
-                        f"skipping bad image {e.file}: {e.reason} (data.on_bad_image=skip)", stacklevel=2
-                    )
-            index = (index + 1) % len(self.chips)  # replacement: the next chip of a good image
-        raise BadImageError(str(self.image_root), "every image of the chip dataset is bad")
+        return self.bad_images.get(index, len(self.chips), lambda i: int(self.chips.image_id[i]),
+                                   lambda i: self._item(i, flip))  # fmt: skip
+
+    def _item(self, index: int, flip: bool) -> tuple[torch.Tensor, Target]:
+        content = self.render(index)
+        image = chip_tensor(content, self.chip_cfg.chip_size, flip, uint8=self.uint8_pixels)
+        return image, self.target(index, flip)
 
 
 def targets_to_torch(target: Target) -> Target:

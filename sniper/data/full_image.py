@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sniper.config import DataConfig
+from sniper.data.bad_images import BadImagePolicy
 from sniper.data.coco import CocoDataset
 from sniper.data.images import LoadedImage, load_image, resolve_image_path
 from sniper.data.plan import flip_bits
@@ -92,10 +92,7 @@ class FullImageDataset(Dataset):
             raise ValueError("FullImageDataset needs at least one scale")
         self.valid_ranges = len(self.scales) > 1 if valid_ranges is None else bool(valid_ranges)
         self.data_cfg = data_cfg or DataConfig()
-        if self.data_cfg.on_bad_image not in ("error", "skip"):
-            raise ValueError(
-                f"data.on_bad_image must be 'error' or 'skip', got {self.data_cfg.on_bad_image!r}"
-            )
+        self.bad_images = BadImagePolicy(self.data_cfg.on_bad_image, str(image_root))
         self.min_box_size = float(min_box_size)
         # Resize factor and scaled size of every item, from the annotations (no decoding).
         w = coco.widths.astype(np.float64)
@@ -106,8 +103,6 @@ class FullImageDataset(Dataset):
         rep_w, rep_h = np.repeat(coco.widths, len(self.scales)), np.repeat(coco.heights, len(self.scales))
         sizes = [scaled_size(int(a), int(b), float(f)) for a, b, f in zip(rep_w, rep_h, self.factors)]
         self.sizes = np.array(sizes, dtype=np.int64).reshape(-1, 2)  # (w, h) per item
-        self.bad_files: dict[str, str] = {}
-        self._bad_ids: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.coco) * len(self.scales)
@@ -184,22 +179,12 @@ class FullImageDataset(Dataset):
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, Target]:
         index, flip = (int(key), False) if isinstance(key, int | np.integer) else (int(key[0]), bool(key[1]))
         self.locate(index)
-        for _ in range(len(self)):
-            pos, _s = self.locate(index)
-            image_id = int(self.coco.images[pos].id)
-            if image_id not in self._bad_ids:
-                try:
-                    return image_tensor(self.render(index), flip), self.target(index, flip)
-                except BadImageError as e:
-                    if self.data_cfg.on_bad_image == "error":
-                        raise
-                    self._bad_ids.add(image_id)
-                    self.bad_files[e.file] = e.reason
-                    warnings.warn(
-                        f"skipping bad image {e.file}: {e.reason} (data.on_bad_image=skip)", stacklevel=2
-                    )
-            index = (index + 1) % len(self)  # replacement: the next item of a good image
-        raise BadImageError(str(self.image_root), "every image of the dataset is bad")
+        return self.bad_images.get(
+            index,
+            len(self),
+            lambda i: int(self.coco.images[self.locate(i)[0]].id),
+            lambda i: (image_tensor(self.render(i), flip), self.target(i, flip)),
+        )
 
 
 def image_tensor(content: np.ndarray, flip: bool = False) -> torch.Tensor:
