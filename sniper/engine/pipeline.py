@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,21 @@ class StageBook:
     def mark(self, name: str, seconds: float, **info: Any) -> None:
         self.data[name] = {"done": True, "seconds": round(seconds, 3), **info}
         atomic_write_json(self.path, self.data)
+
+    def run(self, name: str, work: Callable[[], dict | None], dist_info: DistInfo, *, all_ranks: bool) -> float:
+        """Run stage ``name`` unless it is finished; return its recorded seconds.
+
+        ``work`` runs on every rank (training) or on rank 0 only (the others wait); rank 0 records
+        the dict it returns, then every rank rereads the book.
+        """
+        if not self.done(name):
+            t0 = time.perf_counter()
+            info = work() if (all_ranks or dist_info.is_main) else None
+            if dist_info.is_main:
+                self.mark(name, time.perf_counter() - t0, **(info or {}))
+            barrier(dist_info)
+            self.data = read_json(self.path)
+        return self.seconds(name)
 
 
 @dataclass
@@ -160,7 +176,7 @@ def run_pipeline(
     from sniper.chips_cmd import write_chips
     from sniper.data.coco import load_coco, load_results
     from sniper.data.plan import ChipTable
-    from sniper.engine.checkpoint import load_model_for_inference, save_model_final
+    from sniper.engine.checkpoint import load_checkpoint, load_model_for_inference, save_model_final
 
     dist_info, dev = init_distributed(device)
     run_dir = Path(run_dir)
@@ -196,88 +212,66 @@ def run_pipeline(
         pos_table = _checked_table(coco, ChipTable.read_parquet(pos_dir / "chips.parquet"), image_root, cfg, dist_info, stats)
 
         final_path = run_dir / "model_final.pt"
-        if cfg.train.negatives:
-            # 1. RPN-only training on positive chips.
-            rpn_path = run_dir / "rpn_model.pt"
-            if not book.done("rpn"):
-                t0 = time.perf_counter()
-                model = _build(cfg, coco.num_classes, dev, dist_info)
-                source = _chip_source(coco, pos_table, image_root, cfg, dist_info, negatives=False)
-                _train("rpn", model, source, cfg, run_dir, dev, dist_info, resume, True, interrupt_after=interrupt_after)
-                if dist_info.is_main:
-                    save_model_final(rpn_path, model, cfg, categories)
-                    book.mark("rpn", time.perf_counter() - t0, model=rpn_path.name)
-                barrier(dist_info)
-                book = StageBook(run_dir)
-            seconds["rpn"] = book.seconds("rpn")
+        rpn_path = run_dir / "rpn_model.pt"
+        props_path = run_dir / "proposals.json"
+        chips_path = run_dir / "chips.parquet"
 
-            # 2. Proposals over whole training images (rank 0; the others wait).
-            props_path = run_dir / "proposals.json"
-            if not book.done("proposals"):
-                t0 = time.perf_counter()
-                if dist_info.is_main:
-                    from sniper.engine.predict import predict_proposals
-                    from sniper.io import atomic_write_json as write
+        def train_rpn() -> dict:
+            model = _build(cfg, coco.num_classes, dev, dist_info)
+            source = _chip_source(coco, pos_table, image_root, cfg, dist_info, negatives=False)
+            _train("rpn", model, source, cfg, run_dir, dev, dist_info, resume, True, interrupt_after=interrupt_after)
+            if dist_info.is_main:
+                save_model_final(rpn_path, model, cfg, categories)
+            return {"model": rpn_path.name}
 
-                    rpn_model, _, _ = load_model_for_inference(rpn_path, map_location=dev)
-                    skipped: list[dict] = []
-                    records = predict_proposals(
-                        rpn_model,
-                        coco,
-                        image_root,
-                        cfg.proposals,
-                        dev,
-                        infer_cfg=cfg.infer,
-                        batch_size=cfg.infer.batch_size,
-                        on_bad_image=cfg.data.on_bad_image,
-                        max_image_pixels=cfg.data.max_image_pixels,
-                        skipped=skipped,
-                    )
-                    write(props_path, records, indent=None)
-                    book.mark("proposals", time.perf_counter() - t0, proposals=len(records), skipped=len(skipped))
-                barrier(dist_info)
-                book = StageBook(run_dir)
-            seconds["proposals"] = book.seconds("proposals")
+        def propose() -> dict:
+            from sniper.engine.predict import predict_proposals
 
-            # 3. Negative chip mining.
-            chips_path = run_dir / "chips.parquet"
-            if not book.done("negatives"):
-                t0 = time.perf_counter()
-                if dist_info.is_main:
-                    props = load_results(props_path, coco)
-                    totals = write_chips(coco, props, cfg.chips, cfg.seed, run_dir, workers=max(1, cfg.data.num_workers))
-                    book.mark("negatives", time.perf_counter() - t0, pos_chips=totals.pos, neg_chips=totals.neg)
-                barrier(dist_info)
-                book = StageBook(run_dir)
-            seconds["negatives"] = book.seconds("negatives")
-            table = _checked_table(coco, ChipTable.read_parquet(chips_path), image_root, cfg, dist_info, stats)
-        else:
-            table = pos_table
+            rpn_model, _, _ = load_model_for_inference(rpn_path, map_location=dev)
+            skipped: list[dict] = []
+            records = predict_proposals(
+                rpn_model,
+                coco,
+                image_root,
+                cfg.proposals,
+                dev,
+                infer_cfg=cfg.infer,
+                batch_size=cfg.infer.batch_size,
+                on_bad_image=cfg.data.on_bad_image,
+                max_image_pixels=cfg.data.max_image_pixels,
+                skipped=skipped,
+            )
+            atomic_write_json(props_path, records, indent=None)
+            return {"proposals": len(records), "skipped": len(skipped)}
 
-        # 4. Full training.
-        if not book.done("detector"):
-            t0 = time.perf_counter()
+        def mine_negatives() -> dict:
+            props = load_results(props_path, coco)
+            totals = write_chips(coco, props, cfg.chips, cfg.seed, run_dir, workers=max(1, cfg.data.num_workers))
+            return {"pos_chips": totals.pos, "neg_chips": totals.neg}
+
+        def train_detector() -> dict:
             model = _build(cfg, coco.num_classes, dev, dist_info)
             if cfg.train.init_from_rpn and cfg.train.negatives:
-                state = torch.load(run_dir / "rpn_model.pt", map_location=dev, weights_only=True)
-                model.load_state_dict(state["model"])
+                model.load_state_dict(load_checkpoint(rpn_path, map_location=dev)["model"])
             source = _chip_source(coco, table, image_root, cfg, dist_info, negatives=cfg.train.negatives)
             result = _train(
                 "detector", model, source, cfg, run_dir, dev, dist_info, resume, False, interrupt_after=interrupt_after
             )
             if dist_info.is_main:
                 save_model_final(final_path, model, cfg, categories)
-                book.mark(
-                    "detector",
-                    time.perf_counter() - t0,
-                    iterations=result.iterations,
-                    chips=result.chips,
-                    stopped_early=result.stopped_early,
-                    **stats,
-                )
-            barrier(dist_info)
-            book = StageBook(run_dir)
-        seconds["detector"] = book.seconds("detector")
+            return {"iterations": result.iterations, "chips": result.chips, "stopped_early": result.stopped_early, **stats}
+
+        if cfg.train.negatives:
+            # 1. RPN-only training on positive chips; 2. its proposals over whole training images
+            # (rank 0; the others wait); 3. negative chip mining.
+            seconds["rpn"] = book.run("rpn", train_rpn, dist_info, all_ranks=True)
+            seconds["proposals"] = book.run("proposals", propose, dist_info, all_ranks=False)
+            seconds["negatives"] = book.run("negatives", mine_negatives, dist_info, all_ranks=False)
+            table = _checked_table(coco, ChipTable.read_parquet(chips_path), image_root, cfg, dist_info, stats)
+        else:
+            table = pos_table
+        # 4. Full training.
+        seconds["detector"] = book.run("detector", train_detector, dist_info, all_ranks=True)
         if not final_path.exists() and dist_info.is_main:
             raise SniperError(f"{final_path} is missing although stage 'detector' is marked done; delete stages.json")
         return PipelineResult(run_dir, final_path, seconds, is_main=dist_info.is_main)
