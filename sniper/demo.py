@@ -125,14 +125,18 @@ def run(args: argparse.Namespace) -> int:
 
     # 4. Multi-scale inference + evaluation on val.
     sniper_pred = out / "sniper_predict"
-    if not (sniper_pred / "detections.json").exists():
-        clock.run(
-            "sniper_inference",
-            _cli,
-            "predict", "--weights", str(result.model_path), "--source", str(val_json), "--images", str(image_root),
-            "--out", str(sniper_pred), "--visualize", "4", "--device", str(device.type),
-        )  # fmt: skip
-    sniper_metrics = evaluate_detections(val_json, sniper_pred / "detections.json")
+    def predict_and_evaluate(name: str, weights: Path, out_dir: Path, *extra: str) -> dict[str, Any]:
+        """``sniper predict`` on the val split (once), then COCO AP of its detections."""
+        if not (out_dir / "detections.json").exists():
+            clock.run(
+                name,
+                _cli,
+                "predict", "--weights", str(weights), "--source", str(val_json), "--images", str(image_root),
+                "--out", str(out_dir), "--visualize", "4", "--device", str(device.type), *extra,
+            )  # fmt: skip
+        return evaluate_detections(val_json, out_dir / "detections.json")
+
+    sniper_metrics = predict_and_evaluate("sniper_inference", result.model_path, sniper_pred)
 
     # 5. Baseline: single scale 800x1333 whole images, same model and settings, same time budget.
     base_dir = out / "baseline_run"
@@ -150,15 +154,10 @@ def run(args: argparse.Namespace) -> int:
             scales=SINGLE_SCALE_800, time_budget_s=train_budget, device=device,
         )  # fmt: skip
     base_pred = out / "baseline_predict"
-    if not (base_pred / "detections.json").exists():
-        clock.run(
-            "baseline_inference",
-            _cli,
-            "predict", "--weights", str(base_model), "--source", str(val_json), "--images", str(image_root),
-            "--out", str(base_pred), "--visualize", "4", "--device", str(device.type),
-            "--set", "infer.scales=[{short: 800, max_size: 1333}]", "--set", "infer.merge=nms",
-        )  # fmt: skip
-    base_metrics = evaluate_detections(val_json, base_pred / "detections.json")
+    base_metrics = predict_and_evaluate(
+        "baseline_inference", base_model, base_pred,
+        "--set", "infer.scales=[{short: 800, max_size: 1333}]", "--set", "infer.merge=nms",
+    )  # fmt: skip
 
     # 6. Report.
     wall = {**stage_seconds, **clock.seconds}
