@@ -86,6 +86,18 @@ def _bbox_problem(bbox: Any) -> str | None:
     return None
 
 
+def _unique_ids(records: list, key: str, what: str, where: str) -> set:
+    """The ``id`` of every record; an error naming the record when one is missing or repeated."""
+    ids: set = set()
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping) or "id" not in rec:
+            raise CocoFormatError(f"{where}: {key}[{i}] has no 'id'")
+        if rec["id"] in ids:
+            raise CocoFormatError(f"{where}: {key}[{i}]: duplicate {what} id {rec['id']}")
+        ids.add(rec["id"])
+    return ids
+
+
 def load_ground_truth(gt: PathOrDict) -> dict[str, Any]:
     """A validated deep copy of a COCO annotation dict (``area``/``iscrowd`` filled in if missing)."""
     where = str(gt) if not isinstance(gt, Mapping) else "ground truth"
@@ -96,20 +108,8 @@ def load_ground_truth(gt: PathOrDict) -> dict[str, Any]:
         if not isinstance(data.get(key), list):
             raise CocoFormatError(f"{where}: '{key}' must be a list")
     data = copy.deepcopy(dict(data)) if isinstance(gt, Mapping) else data  # a file's dict is ours already
-    image_ids = set()
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, Mapping) or "id" not in img:
-            raise CocoFormatError(f"{where}: images[{i}] has no 'id'")
-        if img["id"] in image_ids:
-            raise CocoFormatError(f"{where}: images[{i}]: duplicate image id {img['id']}")
-        image_ids.add(img["id"])
-    cat_ids = set()
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, Mapping) or "id" not in cat:
-            raise CocoFormatError(f"{where}: categories[{i}] has no 'id'")
-        if cat["id"] in cat_ids:
-            raise CocoFormatError(f"{where}: categories[{i}]: duplicate category id {cat['id']}")
-        cat_ids.add(cat["id"])
+    image_ids = _unique_ids(data["images"], "images", "image", where)
+    cat_ids = _unique_ids(data["categories"], "categories", "category", where)
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         rec = f"{where}: annotations[{i}]" + (
