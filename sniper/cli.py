@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sniper import __version__
 from sniper.errors import SniperError
+from sniper.runtime import tune_malloc
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    tune_malloc()
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:

@@ -85,6 +85,8 @@ class ModelConfig:
     pretrained: bool = False
     norm: str = "bn"  # bn (batch statistics) | frozen_bn | sync_bn
     freeze_at: int = 0  # 0: nothing frozen; 1: stem; 2: stem + first stage
+    # mobilenet_v2 only: 32 = the whole network (the paper); 16 = stop after the stride-16 blocks.
+    output_stride: int = 32
     deformable: bool = False
     rpn_channels: int = 256
     head_channels: int = 256

@@ -311,7 +311,8 @@ class Predictor:
     """Pyramid inference with a detector that follows the model contract.
 
     ``categories`` are the dataset's ``[{id, name}]`` in label order (model label ``l`` is
-    ``categories[l - 1]``), as stored in ``model_final.pt``.
+    ``categories[l - 1]``), as stored in ``model_final.pt``. With ``fuse_bn`` (default) the
+    predictor runs an eval-mode copy of ``model`` whose BatchNorms are folded into their convs.
     """
 
     def __init__(
@@ -322,12 +323,15 @@ class Predictor:
         device: str | torch.device = "cpu",
         *,
         batch_size: int | None = None,
+        fuse_bn: bool = True,
     ) -> None:
+        from sniper.model.fuse import fuse_conv_bn
         from sniper.ops.merge import build_merge
 
         self.device = torch.device(device)
         model = getattr(model, "module", model)  # DDP: the wrapped model has .proposals
-        self.model = model.to(self.device).eval()
+        # Folding BatchNorm into the convs (on a copy) saves ~1/3 of CPU backbone time.
+        self.model = (fuse_conv_bn(model) if fuse_bn else model).to(self.device).eval()
         self.cfg = infer_cfg
         self.categories = list(categories)
         self.batch_size = int(batch_size or infer_cfg.batch_size)

@@ -111,8 +111,16 @@ class SniperBackbone(nn.Module):
 
 
 class MobileNetV2Backbone(SniperBackbone):
-    """MobileNetV2 features at stride 32 (no architectural change, as in the paper), then one
-    1x1 projection to ``head_channels`` that both the RPN and the box head read."""
+    """MobileNetV2 features, then one 1x1 projection to ``head_channels`` that both the RPN and
+    the box head read.
+
+    ``output_stride=32`` is the paper's form: the whole network, no architectural change.
+    ``output_stride=16`` stops after the last stride-16 block (96 channels, like ResNet's C4):
+    ~20% cheaper to train than the full network and twice the feature resolution, which is what
+    small chips on a CPU budget need (a 20 px object is under one cell at stride 32).
+    """
+
+    STRIDE16_BLOCKS = 14  # features[:14] ends with the 96-channel stride-16 blocks
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -123,11 +131,17 @@ class MobileNetV2Backbone(SniperBackbone):
             )
         else:
             net = mobilenet.mobilenet_v2(weights=None, norm_layer=norm)
-        self.body = net.features
-        self.proj = nn.Sequential(nn.Conv2d(net.last_channel, cfg.head_channels, 1), nn.ReLU(inplace=True))
+        if cfg.output_stride == 32:
+            self.body, channels = net.features, net.last_channel
+        elif cfg.output_stride == 16:
+            self.body = net.features[: self.STRIDE16_BLOCKS]
+            channels = self.body[-1].out_channels
+        else:
+            raise SniperError(f"model.output_stride={cfg.output_stride} must be 16 or 32 for mobilenet_v2")
+        self.proj = nn.Sequential(nn.Conv2d(channels, cfg.head_channels, 1), nn.ReLU(inplace=True))
         self.rpn_features = self.head_features = ["0"]
         self.rpn_in_channels = self.head_in_channels = cfg.head_channels
-        self.strides = {"0": 32}
+        self.strides = {"0": cfg.output_stride}
         # stem = everything at stride 2 (conv + first block); first stage = the stride-4 blocks
         self.freeze([f"body.{i}" for i in range((0, 2, 4)[cfg.freeze_at])])
 
@@ -246,4 +260,6 @@ def build_backbone(cfg: ModelConfig) -> SniperBackbone:
         raise SniperError(f"model.freeze_at={cfg.freeze_at} must be 0, 1 or 2")
     if cfg.deformable and cfg.backbone not in ("resnet50", "resnet101"):
         raise SniperError(f"model.deformable=true needs backbone resnet50 or resnet101, not {cfg.backbone!r}")
+    if cfg.output_stride != 32 and cfg.backbone != "mobilenet_v2":
+        raise SniperError(f"model.output_stride={cfg.output_stride} is only for mobilenet_v2, not {cfg.backbone!r}")
     return BACKBONES[cfg.backbone](cfg)
