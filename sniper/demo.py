@@ -43,10 +43,13 @@ class _Clock:
         self.seconds: dict[str, float] = {}
 
     def run(self, name: str, fn, *args, **kwargs):
+        from sniper.runtime import release_memory
+
         print(f"\n== {name}")
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - t0, 2)
+        release_memory()  # one step's freed heap must not add to the next one's peak
         return out
 
 

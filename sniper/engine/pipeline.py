@@ -27,6 +27,7 @@ from sniper.engine.distributed import DistInfo, barrier, cleanup, init_distribut
 from sniper.engine.train import StageSpec, train_stage
 from sniper.errors import SniperError
 from sniper.io import atomic_write_json, read_json
+from sniper.runtime import release_memory
 
 __all__ = ["PipelineResult", "StageBook", "run_pipeline"]
 
@@ -61,6 +62,7 @@ class StageBook:
                 self.mark(name, time.perf_counter() - t0, **(info or {}))
             barrier(dist_info)
             self.data = read_json(self.path)
+            release_memory()  # this stage's freed heap must not add to the next one's peak
         return self.seconds(name)
 
 
