@@ -12,7 +12,7 @@ from sniper.config import ModelConfig
 from sniper.errors import SniperError
 from sniper.model import build_model
 from sniper.model.backbones import build_backbone
-from sniper.model.fuse import fuse_conv_bn
+from sniper.model.fuse import fuse_conv_bn, has_foldable_norms
 from sniper.runtime import tune_malloc
 
 
@@ -56,6 +56,7 @@ def test_folded_backbone_matches_and_has_no_norms_left(cfg):
         # random statistics grow activations through 50 layers: tolerance relative to the scale
         assert (ref[k] - out[k]).abs().max() <= 1e-4 * ref[k].abs().max(), k
     assert before > 0 and _norms(fused) == []  # every norm in these backbones follows a conv
+    assert has_foldable_norms(backbone) and not has_foldable_norms(fused)
     assert len(_norms(backbone)) == before  # the original is untouched
 
 

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["fuse_conv_bn"]
+__all__ = ["fuse_conv_bn", "has_foldable_norms"]
 
 _NORMS = (_BatchNorm, FrozenBatchNorm2d)
 # torchvision's ResNet blocks call their convs and norms by name rather than in a Sequential.
@@ -37,21 +37,32 @@ def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and isinstance(norm, _NORMS)
 
 
-def _fold_in_place(module: nn.Module) -> int:
-    folded = 0
+def _pairs(module: nn.Module):
+    """(conv name, norm name) of every foldable pair directly inside ``module``."""
     if isinstance(module, nn.Sequential):
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
             conv, norm = module._modules[a], module._modules[b]
             if _foldable(conv, norm):
-                module._modules[a], module._modules[b] = _fused(conv, norm), nn.Identity()
-                folded += 1
+                yield a, b
     for conv_name, norm_name in _NAMED_PAIRS:
         conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
         if conv is not None and norm is not None and _foldable(conv, norm):
-            setattr(module, conv_name, _fused(conv, norm))
-            setattr(module, norm_name, nn.Identity())
-            folded += 1
+            yield conv_name, norm_name
+
+
+def has_foldable_norms(model: nn.Module) -> bool:
+    """True when ``fuse_conv_bn`` would fold at least one norm."""
+    return any(next(_pairs(m), None) is not None for m in model.modules())
+
+
+def _fold_in_place(module: nn.Module) -> int:
+    folded = 0
+    for conv_name, norm_name in list(_pairs(module)):
+        conv, norm = getattr(module, conv_name), getattr(module, norm_name)
+        setattr(module, conv_name, _fused(conv, norm))
+        setattr(module, norm_name, nn.Identity())
+        folded += 1
     for child in module.children():
         folded += _fold_in_place(child)
     return folded
