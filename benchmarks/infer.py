@@ -6,7 +6,7 @@ A randomly initialised MobileNetV2 SNIPER detector (80 classes, no download) run
 ``sniper.engine.predict.Predictor`` on COCO-like 640 x 480 images (smooth random
 shapes on noise): the default ``cfg.infer`` pyramid (1400/2000, 800/1280, 480/512, with
 valid ranges and Soft-NMS) and one scale (short 800, long side at most 1333, every box kept,
-same merge); with ``--per-scale`` each scale of the pyramid is also timed alone. One warm-up pass each; the
+same merge), with the CLI's malloc tuning and BatchNorm folding; with ``--per-scale`` each scale of the pyramid is also timed alone. One warm-up pass each; the
 time covers resize, batching, the model, mapping back and the merge (not JPEG decoding).
 Prints a table and writes ``benchmarks/results/infer.json``.
 """
@@ -26,6 +26,7 @@ from sniper.config import Config, to_dict
 from sniper.engine.predict import Predictor
 from sniper.io import atomic_write_json
 from sniper.model import build_model
+from sniper.runtime import tune_malloc
 from sniper.scales import Scale
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,15 +101,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--per-scale", action="store_true", help="also time each pyramid scale alone")
+    parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm separate (Predictor fuse_bn=False)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "infer.json"))
     args = parser.parse_args()
 
+    malloc_tuned = tune_malloc()  # as the sniper CLI does (SNIPER_KEEP_MALLOC=1: glibc defaults)
     torch.manual_seed(0)
     cfg = Config()
     cfg.model.backbone = args.backbone
     cfg.model.pretrained = False
     model = build_model(cfg.model, num_classes=80).eval()
-    timer = ForwardTimer(model)
     categories = [{"id": i + 1, "name": f"c{i + 1}"} for i in range(80)]
     images = coco_like_images(args.images, args.width, args.height)
 
@@ -121,7 +123,10 @@ def main() -> int:
     rows = []
     for name, scales in runs:
         icfg = dataclasses.replace(cfg.infer, scales=list(scales))
-        predictor = Predictor(model, icfg, categories, args.device, batch_size=args.batch_size)
+        predictor = Predictor(
+            model, icfg, categories, args.device, batch_size=args.batch_size, fuse_bn=not args.no_fuse
+        )
+        timer = ForwardTimer(predictor.model)  # the predictor runs a BN-folded copy
         seconds, in_model, dets = time_predictor(predictor, images, args.batch_size, timer)
         rows.append(
             {
@@ -146,7 +151,8 @@ def main() -> int:
     lines.append(f"pyramid / single-scale time: {ratio:.2f}x")
     print(
         f"{args.backbone} (random init), {args.images} images {args.width}x{args.height}, "
-        f"batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads"
+        f"batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads, "
+        f"BatchNorm {'separate' if args.no_fuse else 'folded'}, malloc {'tuned' if malloc_tuned else 'glibc defaults'}"
     )
     print("\n".join(lines))
     atomic_write_json(
@@ -160,6 +166,8 @@ def main() -> int:
                 "batch_size": args.batch_size,
                 "device": args.device,
                 "threads": torch.get_num_threads(),
+                "fuse_bn": not args.no_fuse,
+                "malloc_tuned": malloc_tuned,
                 "infer": to_dict(cfg.infer),
             },
             "machine": {
