@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_HOME ?= $(HOME)/.cache/torch
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint venv weights bench clean
+.PHONY: demo test lint venv weights bench wheel-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -x; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# Build the wheel, install it into a fresh venv and run the CLI from outside the checkout.
+wheel-check: $(STAMP)
+	PYTHON=$(PYTHON) BUILD_PY=$(BIN)/python .ci/wheel_check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/chips.py

@@ -36,8 +36,9 @@ from PIL import Image
 from sniper.chips import chips_columns, epoch_pool
 from sniper.config import Config
 from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
+from sniper.data.chip_table import ChipTable
 from sniper.data.coco import load_coco
-from sniper.data.plan import ChipBatchSampler, ChipTable
+from sniper.data.epoch_plan import ChipBatchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"synthetic": 150.0, "large": 40.0}  # chips/s with 2 workers on a 2-core machine

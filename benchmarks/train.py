@@ -45,12 +45,12 @@ import numpy as np
 import torch
 
 from sniper.chips import chips_columns
-from sniper.chips_cmd import ImageTask, image_chips
 from sniper.config import Config, to_dict
 from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
+from sniper.data.chip_table import ChipTable, ImageTask, image_chips
 from sniper.data.coco import CocoDataset, load_coco
+from sniper.data.epoch_plan import ChipBatchSampler
 from sniper.data.full_image import FullImageBatchSource, FullImageDataset
-from sniper.data.plan import ChipBatchSampler, ChipTable
 from sniper.engine import train as train_engine
 from sniper.engine.train import StageSpec, train_stage
 from sniper.io import atomic_write_json

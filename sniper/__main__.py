@@ -1,3 +1,3 @@
-from sniper.cli import main
+from sniper.cli.main import main
 
 raise SystemExit(main())

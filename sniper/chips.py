@@ -82,6 +82,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sniper.boxes import clip_xyxy, sqrt_area
 from sniper.config import ChipConfig
 from sniper.scales import scaled_size
 
@@ -389,9 +390,8 @@ def _selection(boxes: np.ndarray, width: int, height: int, cfg: ChipConfig, stri
     """Scaled clipped boxes (S, N, 4), the (S, N) selection mask, factors and scaled sizes."""
     fs, sizes, ranges = _scale_geometry(width, height, cfg)
     K = cfg.chip_size
-    b = np.minimum(np.maximum(boxes, 0.0), np.array([width, height, width, height], dtype=np.float64))
-    wh = b[:, 2:] - b[:, :2]
-    sa = np.sqrt(np.maximum(wh[:, 0] * wh[:, 1], 0.0))
+    b = clip_xyxy(boxes, width, height)
+    sa = sqrt_area(b)
     # per scale: scaled-image limits, and the largest side that fits (inf on axes <= K)
     geo = np.array(
         [(W, H, W, H, np.inf if W <= K else K - stride, np.inf if H <= K else K - stride) for W, H in sizes]
@@ -748,12 +748,8 @@ def chip_labels(
     sx, sy, ex, ey = chip.window
     cw, ch = ex - sx, ey - sy
     if image_size is not None:
-        w, h = image_size
-        b = b.copy()
-        np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
-        np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
-    wh = b[:, 2:] - b[:, :2]
-    sa = np.sqrt(np.clip(wh[:, 0], 0, None) * np.clip(wh[:, 1], 0, None))
+        b = clip_xyxy(b, *image_size)
+    sa = sqrt_area(b)
     cb = b * f - np.array([sx, sy, sx, sy], dtype=np.float64)
     if image_size is not None:
         W, H = scaled_size(image_size[0], image_size[1], f)

@@ -1,21 +1,25 @@
 """Typed configuration: one dataclass tree, YAML in and out, ``key=value`` overrides.
 
 Defaults are the paper's COCO settings (see ``docs/architecture.md``). A YAML file
-only lists what differs; unknown keys are errors, never silently ignored.
+only lists what differs; unknown keys are errors, never silently ignored. A few configs ship
+inside the package (``sniper/configs/``); ``load_config`` takes their name or any YAML path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sniper.errors import SniperError
 from sniper.scales import Scale, parse_scale
 
 __all__ = [
@@ -28,7 +32,10 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "load_config",
+    "merge_config_file",
+    "resolve_config_path",
     "save_config",
+    "shipped_configs",
     "to_dict",
 ]
 
@@ -289,21 +296,56 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     return _from_dict(Config, data)
 
 
+# ---------------------------------------------------------------- shipped configs
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped in the package, ``{name: path}`` (``cpu_small``, ``paper_resnet101``, ...)."""
+    root = resources.files("sniper") / "configs"
+    if not root.is_dir():
+        return {}
+    # Wheels install unzipped, so each entry is a real file on disk.
+    files = [e for e in root.iterdir() if e.is_file() and e.name.endswith(".yaml")]
+    return {e.name.removesuffix(".yaml"): Path(str(e)) for e in sorted(files, key=lambda e: e.name)}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """An existing file path as given; else the shipped config of that name (``.yaml`` optional).
+
+    Raises ``SniperError`` naming the shipped configs when it is neither.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    shipped = shipped_configs()
+    is_bare_name = not any(sep in text for sep in {"/", os.sep, os.altsep} - {None})
+    if is_bare_name and text.removesuffix(".yaml") in shipped:
+        return shipped[text.removesuffix(".yaml")]
+    names = ", ".join(shipped) or "none"
+    raise SniperError(f"config {text!r}: no such file, and not a shipped config (shipped: {names})")
+
+
+def merge_config_file(cfg: Config, path: str | Path) -> Config:
+    """``cfg`` updated by the YAML file (or shipped config name) ``path``; keys it lacks keep their values."""
+    path = resolve_config_path(path)
+    with open(path, encoding="utf-8") as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path}: a config file must hold a mapping at the top level")
+    try:
+        return _from_dict(Config, _merge(to_dict(cfg), loaded))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, updated by the YAML file at ``path`` (if any), then by ``overrides``."""
-    data = to_dict(Config())
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path}: a config file must hold a mapping at the top level")
-        try:
-            data = _merge(data, loaded)
-            cfg = _from_dict(Config, data)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-    else:
-        cfg = Config()
+    """Defaults, updated by the YAML file at ``path`` (if any), then by ``overrides``.
+
+    ``path`` is a YAML file or the name of a shipped config (see ``shipped_configs``); an
+    existing file wins over a shipped config of the same name.
+    """
+    cfg = Config() if path is None else merge_config_file(Config(), path)
     return apply_overrides(cfg, overrides)
 
 

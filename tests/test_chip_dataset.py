@@ -21,14 +21,15 @@ from sniper.data.chip_dataset import (
     check_images,
     chip_to_original,
     collate_chips,
-    draw_item,
 )
+from sniper.data.chip_table import ChipTable
 from sniper.data.coco import load_coco
+from sniper.data.epoch_plan import ChipBatchSampler, ChipKey, epoch_plan, worker_batches
 from sniper.data.images import LoadedImage, load_image
-from sniper.data.plan import ChipBatchSampler, ChipKey, ChipTable, epoch_plan, worker_batches
 from sniper.data.transforms import flip_boxes, render_chip
 from sniper.errors import BadImageError
 from sniper.scales import Scale
+from sniper.viz.chips import draw_item
 
 K = 128
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sniper import chips_cmd
 from sniper.cli import main
+from sniper.data import chip_table
 
 
 def synthetic_coco(n_images: int = 7) -> tuple[dict, list]:
@@ -114,7 +114,7 @@ def test_end_to_end(tmp_path, coco_files, capsys):
 
 
 def test_workers_give_the_same_parquet(tmp_path, coco_files, monkeypatch):
-    monkeypatch.setattr(chips_cmd, "SHARD_SIZE", 2)  # several shards over 2 processes
+    monkeypatch.setattr(chip_table, "SHARD_SIZE", 2)  # several shards over 2 processes
     ann, props = coco_files
     common = ["--annotations", str(ann), "--proposals", str(props), "--seed", "5"]
     assert run_chips(*common, "--out", str(tmp_path / "w1"), "--workers", "1") == 0
@@ -128,9 +128,9 @@ def test_workers_give_the_same_parquet(tmp_path, coco_files, monkeypatch):
 
 
 def test_interrupted_run_leaves_no_parquet(tmp_path, coco_files, monkeypatch):
-    monkeypatch.setattr(chips_cmd, "SHARD_SIZE", 1)
-    monkeypatch.setattr(chips_cmd, "WRITE_ROWS", 1)  # row groups hit the temp file before the interruption
-    real = chips_cmd._process_shard
+    monkeypatch.setattr(chip_table, "SHARD_SIZE", 1)
+    monkeypatch.setattr(chip_table, "WRITE_ROWS", 1)  # row groups hit the temp file before the interruption
+    real = chip_table._mine_shard
     calls = []
 
     def interrupted(tasks):
@@ -139,7 +139,7 @@ def test_interrupted_run_leaves_no_parquet(tmp_path, coco_files, monkeypatch):
             raise KeyboardInterrupt
         return real(tasks)
 
-    monkeypatch.setattr(chips_cmd, "_process_shard", interrupted)
+    monkeypatch.setattr(chip_table, "_mine_shard", interrupted)
     ann, _ = coco_files
     out = tmp_path / "out"
     assert run_chips("--annotations", str(ann), "--out", str(out)) == 130

@@ -3,8 +3,11 @@ import math
 import pytest
 import yaml
 
-from sniper.config import Config, load_config, save_config, to_dict
+from sniper.config import Config, load_config, resolve_config_path, save_config, shipped_configs, to_dict
+from sniper.errors import SniperError
 from sniper.scales import Scale, parse_scale
+
+SHIPPED = ("cpu_small", "paper_mobilenet_v2", "paper_resnet101")
 
 
 def test_paper_defaults():
@@ -72,3 +75,50 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
     p.write_text("train:\n  learning_rate: 0.1\n")
     with pytest.raises(ValueError, match="learning_rate"):
         load_config(p)
+
+
+def test_shipped_configs_live_in_the_package():
+    shipped = shipped_configs()
+    assert set(SHIPPED) <= set(shipped)
+    for name, path in shipped.items():
+        assert path.is_file() and path.name == f"{name}.yaml" and path.parent.parent.name == "sniper"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads(name):
+    cfg = load_config(name)
+    assert to_dict(cfg) == to_dict(load_config(shipped_configs()[name]))
+    assert to_dict(cfg) != to_dict(Config())
+
+
+def test_config_by_name_with_or_without_yaml_suffix():
+    path = resolve_config_path("cpu_small")
+    assert path == shipped_configs()["cpu_small"] == resolve_config_path("cpu_small.yaml")
+    cfg = load_config("cpu_small.yaml", ["train.lr=0.5"])
+    assert cfg.chips.chip_size == 256 and cfg.train.lr == 0.5
+    assert to_dict(load_config("paper_resnet101")) == to_dict(load_config("paper_resnet101.yaml"))
+
+
+def test_unknown_config_name_lists_the_shipped_ones():
+    with pytest.raises(SniperError) as info:
+        load_config("paper_resnet1O1")
+    message = str(info.value)
+    assert "paper_resnet1O1" in message and "\n" not in message
+    for name in SHIPPED:
+        assert name in message
+    # a path-like argument is never looked up among the shipped configs
+    with pytest.raises(SniperError, match="cpu_small, "):
+        load_config("somewhere/cpu_small.yaml")
+
+
+def test_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cpu_small.yaml").write_text("train:\n  lr: 0.123\n")
+    assert resolve_config_path("cpu_small.yaml").resolve() == (tmp_path / "cpu_small.yaml").resolve()
+    assert load_config("cpu_small.yaml").train.lr == 0.123
+    # the bare name is no file here, so it is still the shipped config
+    assert load_config("cpu_small").chips.chip_size == 256
+    p = tmp_path / "sub" / "mine.yaml"
+    p.parent.mkdir()
+    p.write_text("train:\n  lr: 0.5\n")
+    assert load_config(p).train.lr == 0.5 and load_config(str(p)).train.lr == 0.5

@@ -17,10 +17,9 @@ from sniper.chips import chip_labels
 from sniper.cli import main
 from sniper.config import Config, to_dict
 from sniper.data.chip_dataset import ChipDataset
+from sniper.data.chip_table import ChipTable, build_chip_table
 from sniper.data.coco import load_coco
 from sniper.data.export import export_chips, select_chips
-from sniper.data.export_cmd import _engine_table
-from sniper.data.plan import ChipTable
 
 
 def small_config() -> Config:
@@ -52,7 +51,7 @@ def test_export_round_trip(exported):
     root, coco, cfg = exported
     data = json.loads((root / "out" / "chips_coco.json").read_text())
     assert data["categories"] == coco.categories
-    table = _engine_table(coco, None, cfg)  # what export ran: the chip engine at epoch 0
+    table, _ = build_chip_table(coco, None, cfg.chips, seed=cfg.seed)  # what export ran: the chip engine at epoch 0
     assert len(data["images"]) == len(table) > 0
     ds = ChipDataset(coco, table, root / "images", cfg.chips)
     by_source = {}

@@ -18,7 +18,7 @@ from sniper.engine.predict import (
     predict_proposals,
 )
 from sniper.scales import Scale, scaled_size
-from sniper.viz_detections import draw_detections
+from sniper.viz.detections import draw_detections
 
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 17, "name": "dog"}, {"id": 90, "name": "zebra"}]  # sparse ids
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from sniper.report import ReportData, embed_image, write_report
+from sniper.viz.report import ReportData, embed_image, write_report
 
 
 def _png(path, w, h, colour):
@@ -103,3 +103,18 @@ def test_embed_keeps_plots_sharp_and_photos_small(tmp_path):
     Image.new("RGBA", (50, 40), (0, 0, 0, 0)).save(rgba)
     with Image.open(io.BytesIO(base64.b64decode(embed_image(rgba).split(",", 1)[1]))) as im:
         assert im.size == (50, 40) and im.getpixel((5, 5))[0] > 240  # transparent -> white
+
+
+def test_stage_parts_are_listed_but_not_added_to_the_total(tmp_path):
+    # a 572 s run: the pipeline's four stages are parts of "training", not further steps
+    data = ReportData(
+        stage_times={"dataset": 12.0, "training": 500.0, "inference": 60.0},
+        stage_parts={"training": {"rpn": 100.0, "proposals": 50.0, "negatives": 10.0, "detector": 340.0}},
+    )
+    text = write_report(tmp_path, data).read_text()
+    total = re.search(r"<th>total</th><th class=\"num\">([0-9:]+)</th><th class=\"num\">([0-9.]+)</th>", text)
+    assert total is not None and total.group(2) == "572.0" and total.group(1) == "9:32"
+    for part in ("rpn", "proposals", "negatives", "detector"):
+        assert re.search(rf'<tr class="part"><td>\W*{part}</td>', text), part
+    rows = re.findall(r"<tr(?: class=\"part\")?><td>", text)
+    assert len(rows) == 7  # 3 steps + 4 parts

@@ -1,6 +1,6 @@
 """The chip dataset: one item per chip, exactly what the model trains on.
 
-``dataset[ChipKey(i, flip)]`` renders row ``i`` of a :class:`~sniper.data.plan.ChipTable`:
+``dataset[ChipKey(i, flip)]`` renders row ``i`` of a :class:`~sniper.data.chip_table.ChipTable`:
 
 * image ``[3, K, K]`` float in [0, 1], RGB: the chip's window of the original image resized by
   its factor ``f`` (crop before resize; JPEG draft decoding when ``f <= 1/2``), at the top-left,
@@ -25,7 +25,7 @@
 
   :func:`chip_to_original` maps chip-pixel boxes (predictions) back to the source image.
 
-Sampling, shards, resume: :mod:`sniper.data.plan`. Bad images (``cfg.data.on_bad_image``):
+Sampling, shards, resume: :mod:`sniper.data.epoch_plan`. Bad images (``cfg.data.on_bad_image``):
 "error" raises :class:`~sniper.errors.BadImageError` naming the file; "skip" is meant to go
 through :func:`check_images` before training (lists the bad files, drops their chips, counted);
 a file that only fails at decode time is then replaced by the next chip of a good image,
@@ -50,10 +50,10 @@ from tqdm import tqdm
 from sniper.chips import Chip, ChipLabels, chip_labels
 from sniper.config import ChipConfig, Config, DataConfig
 from sniper.data.bad_images import BadImagePolicy
+from sniper.data.chip_table import ChipTable
 from sniper.data.coco import CocoDataset
-from sniper.data.draw import draw_item
+from sniper.data.epoch_plan import ChipBatchSampler, ChipKey
 from sniper.data.images import LoadedImage, check_image_size, load_image, resolve_image_path
-from sniper.data.plan import ChipBatchSampler, ChipKey, ChipTable
 from sniper.data.transforms import (
     ImageCache,
     chip_tensor,
@@ -74,7 +74,6 @@ __all__ = [
     "chip_to_original",
     "collate_chips",
     "targets_to_torch",
-    "draw_item",
 ]
 
 Target = dict[str, Any]

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from sniper.boxes import xywh_to_xyxy
 from sniper.errors import CocoFormatError
 from sniper.io import read_json
 
@@ -534,7 +535,7 @@ def _validate_boxes(
     widths = np.append(widths, 1.0)
     heights = np.append(heights, 1.0)
     pos = np.where(valid, image_pos, len(widths) - 1)
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    xyxy = xywh_to_xyxy(xywh)
     clipped, was_clipped, outside = _clip_and_check_outside(xyxy, widths[pos], heights[pos])
     skip_mask(
         valid & outside,

@@ -37,8 +37,9 @@ from tqdm import tqdm
 
 from sniper.config import Config, to_dict
 from sniper.data.chip_dataset import BadImage, ChipDataset, check_images
+from sniper.data.chip_table import ChipTable
 from sniper.data.coco import CocoDataset
-from sniper.data.plan import ChipTable, sampled_negatives
+from sniper.data.epoch_plan import sampled_negatives
 from sniper.errors import BadImageError
 from sniper.io import atomic_open, atomic_path, atomic_write_json
 

@@ -46,11 +46,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sniper.boxes import clip_xyxy, sqrt_area
 from sniper.config import DataConfig
 from sniper.data.bad_images import BadImagePolicy
 from sniper.data.coco import CocoDataset
+from sniper.data.epoch_plan import flip_bits
 from sniper.data.images import LoadedImage, load_image, resolve_image_path
-from sniper.data.plan import flip_bits
 from sniper.data.transforms import draft_reduce, flip_boxes, render_chip
 from sniper.errors import BadImageError
 from sniper.scales import Scale, scaled_size
@@ -126,16 +127,13 @@ class FullImageDataset(Dataset):
         ann = self.coco.annotations_at(pos)
         f = float(self.factors[index])
         w, h = (int(v) for v in self.sizes[index])
-        b = np.array(ann.boxes, dtype=np.float64).reshape(-1, 4)
-        np.clip(b[:, 0::2], 0, rec.width, out=b[:, 0::2])
-        np.clip(b[:, 1::2], 0, rec.height, out=b[:, 1::2])
+        b = clip_xyxy(ann.boxes, rec.width, rec.height)
         sb = b * f
         sides = sb[:, 2:] - sb[:, :2]
         valid = ~np.asarray(ann.iscrowd, dtype=bool) & (sides >= self.min_box_size).all(axis=1)
         scale = self.scales[s]
         if self.valid_ranges:
-            wh = b[:, 2:] - b[:, :2]
-            valid &= scale.in_range(np.sqrt(np.clip(wh[:, 0], 0, None) * np.clip(wh[:, 1], 0, None)))
+            valid &= scale.in_range(sqrt_area(b))
             vr = [scale.lo * f, scale.hi * f]
         else:
             vr = [0.0, math.inf]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sniper.errors import SniperError
+
 __all__ = ["DistInfo", "all_reduce_mean", "barrier", "broadcast_object", "cleanup", "init_distributed", "pick_device"]
 
 
@@ -27,12 +29,18 @@ class DistInfo:
 
 
 def pick_device(name: str | None = None, local_rank: int = 0) -> torch.device:
-    """``cuda:<local_rank>`` when CUDA is available (or asked for), else CPU."""
+    """``cuda:<local_rank>`` for ``auto``/None when CUDA is available (``cuda`` likewise), else CPU;
+    any other name as torch spells it (``cpu``, ``cuda:1``). A name torch does not know, or CUDA
+    asked for on a machine without it, is a :class:`SniperError`."""
     if name in (None, "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    except RuntimeError as e:
+        raise SniperError(f"device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SniperError(f"device {name}: CUDA is not available on this machine")
+    return device
 
 
 def init_distributed(device_name: str | None = None) -> tuple[DistInfo, torch.device]:

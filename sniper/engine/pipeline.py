@@ -85,7 +85,7 @@ def _categories(coco: Any) -> list[dict]:
 
 def _chip_source(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, negatives: bool):
     from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
-    from sniper.data.plan import ChipBatchSampler
+    from sniper.data.epoch_plan import ChipBatchSampler
 
     dataset = ChipDataset(coco, table, image_root, cfg.chips, cfg.data)
     workers = cfg.data.num_workers
@@ -175,9 +175,8 @@ def run_pipeline(
     interrupt_after: int | None = None,
 ) -> PipelineResult:
     """Run (or finish) every stage; see the module docstring."""
-    from sniper.chips_cmd import write_chips
+    from sniper.data.chip_table import ChipTable, write_chip_table
     from sniper.data.coco import load_coco, load_results
-    from sniper.data.plan import ChipTable
     from sniper.engine.checkpoint import load_checkpoint, load_model_for_inference, save_model_final
 
     dist_info, dev = init_distributed(device)
@@ -209,7 +208,9 @@ def run_pipeline(
         # Positive chips (fast; recomputed rather than stored per stage).
         pos_dir = run_dir / "chips_pos"
         if dist_info.is_main and not (pos_dir / "chips.parquet").exists():
-            write_chips(coco, None, cfg.chips, cfg.seed, pos_dir, workers=max(1, cfg.data.num_workers))
+            write_chip_table(
+                coco, None, cfg.chips, pos_dir / "chips.parquet", seed=cfg.seed, workers=max(1, cfg.data.num_workers)
+            )
         barrier(dist_info)
         pos_table = _checked_table(coco, ChipTable.read_parquet(pos_dir / "chips.parquet"), image_root, cfg, dist_info, stats)
 
@@ -248,7 +249,9 @@ def run_pipeline(
 
         def mine_negatives() -> dict:
             props = load_results(props_path, coco)
-            totals = write_chips(coco, props, cfg.chips, cfg.seed, run_dir, workers=max(1, cfg.data.num_workers))
+            totals = write_chip_table(
+                coco, props, cfg.chips, chips_path, seed=cfg.seed, workers=max(1, cfg.data.num_workers)
+            )
             return {"pos_chips": totals.pos, "neg_chips": totals.neg}
 
         def train_detector() -> dict:

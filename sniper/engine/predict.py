@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.ops import nms
 
+from sniper.boxes import xyxy_to_xywh
 from sniper.config import InferConfig, ProposalConfig
 from sniper.errors import BadImageError, SniperError
 from sniper.scales import Scale, scaled_size
@@ -95,7 +96,7 @@ def _xywh_records(
     image_id: int, boxes: np.ndarray, scores: np.ndarray, category_ids: Iterable[int]
 ) -> list[dict]:
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    xywh = np.round(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1), 2)
+    xywh = np.round(xyxy_to_xywh(b), 2)
     return [
         {
             "image_id": int(image_id),

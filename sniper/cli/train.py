@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sniper.cli import add_config_arguments
+from sniper.cli.args import add_config_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

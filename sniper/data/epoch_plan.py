@@ -1,6 +1,7 @@
 """Which chips an epoch trains on, in which order, on which rank and DataLoader worker.
 
-* :class:`ChipTable`: every chip of a dataset as flat arrays (the columns of ``chips.parquet``).
+The chips themselves come as a :class:`sniper.data.chip_table.ChipTable`.
+
 * :func:`epoch_plan`: all positive chips plus up to ``n`` sampled negatives per image
   (``sniper.chips.sample_negatives``), grouped into *runs* (all chips of one image, finest
   scale first, so one decode serves them all), runs shuffled, reproducible from
@@ -14,20 +15,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = [
-    "ChipBatchSampler", "ChipKey", "ChipTable", "EpochPlan", "epoch_plan", "flip_bits", "sampled_negatives",
-    "worker_batches",
-]  # fmt: skip
+from sniper.data.chip_table import ChipTable
 
-CHIP_COLUMNS = ("image_id", "kind", "scale", "scale_index", "x1", "y1", "x2", "y2")
+__all__ = [
+    "ChipBatchSampler", "ChipKey", "EpochPlan", "epoch_plan", "flip_bits", "sampled_negatives", "worker_batches",
+]  # fmt: skip
 
 
 class ChipKey(NamedTuple):
@@ -36,113 +35,6 @@ class ChipKey(NamedTuple):
     index: int
     flip: bool = False
 
-
-@dataclass(frozen=True)
-class ChipTable:
-    """Chips as arrays; row ``i`` is one chip in original coordinates."""
-
-    image_id: np.ndarray  # (M,) int64
-    is_neg: np.ndarray  # (M,) bool
-    scale: np.ndarray  # (M,) float64 resize factor
-    scale_index: np.ndarray  # (M,) int64
-    boxes: np.ndarray  # (M, 4) float64 x1, y1, x2, y2, original px
-
-    def __post_init__(self) -> None:
-        m = len(self.image_id)
-        for name in ("is_neg", "scale", "scale_index", "boxes"):
-            if len(getattr(self, name)) != m:
-                raise ValueError(f"ChipTable.{name} has {len(getattr(self, name))} rows, image_id has {m}")
-        if self.boxes.shape != (m, 4):
-            raise ValueError(f"ChipTable.boxes must be (M, 4), got {self.boxes.shape}")
-
-    def __len__(self) -> int:
-        return len(self.image_id)
-
-    @classmethod
-    def from_columns(cls, cols: Mapping[str, Any]) -> ChipTable:
-        missing = [c for c in CHIP_COLUMNS if c not in cols]
-        if missing:
-            raise ValueError(f"chip table lacks column(s) {missing}; expected {list(CHIP_COLUMNS)}")
-        kind = np.asarray(cols["kind"])
-        if kind.dtype == bool:
-            is_neg = kind
-        else:
-            kind = kind.astype(str)
-            bad = ~np.isin(kind, ["pos", "neg"])
-            if bad.any():
-                raise ValueError(
-                    f"chip kind must be 'pos' or 'neg', got {sorted(set(kind[bad].tolist()))[:5]}"
-                )
-            is_neg = kind == "neg"
-        boxes = np.stack([np.asarray(cols[c], dtype=np.float64) for c in ("x1", "y1", "x2", "y2")], axis=1)
-        return cls(
-            image_id=np.asarray(cols["image_id"], dtype=np.int64),
-            is_neg=np.asarray(is_neg, dtype=bool),
-            scale=np.asarray(cols["scale"], dtype=np.float64),
-            scale_index=np.asarray(cols["scale_index"], dtype=np.int64),
-            boxes=boxes.reshape(-1, 4),
-        )
-
-    @classmethod
-    def read_parquet(cls, path: str | Path) -> ChipTable:
-        """Read ``chips.parquet`` (``sniper chips`` output); a folder means ``folder/chips.parquet``."""
-        import pyarrow.parquet as pq
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / "chips.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such chips file (run `sniper chips` first)")
-        table = pq.read_table(path)
-        try:
-            return cls.from_columns(
-                {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
-            )
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-
-    @classmethod
-    def from_image_chips(cls, chips: Mapping[int, Any] | list[Any]) -> ChipTable:
-        """From ``sniper.chips.ImageChips`` objects (one per image; a mapping or a list)."""
-        items = list(chips.values()) if isinstance(chips, Mapping) else list(chips)
-        cols: dict[str, list[np.ndarray]] = {
-            c: [] for c in ("image_id", "kind", "scale", "scale_index", "boxes")
-        }
-        for ic in items:
-            n = len(ic.boxes)
-            cols["image_id"].append(np.full(n, int(ic.image_id), dtype=np.int64))
-            kind = np.asarray(ic.kind)
-            cols["kind"].append(kind if kind.dtype == bool else (kind.astype(str) == "neg"))
-            cols["scale"].append(np.asarray(ic.scale, dtype=np.float64))
-            cols["scale_index"].append(np.asarray(ic.scale_index, dtype=np.int64))
-            cols["boxes"].append(np.asarray(ic.boxes, dtype=np.float64).reshape(-1, 4))
-        if not items:
-            return cls.empty()
-        return cls(
-            image_id=np.concatenate(cols["image_id"]),
-            is_neg=np.concatenate(cols["kind"]).astype(bool),
-            scale=np.concatenate(cols["scale"]),
-            scale_index=np.concatenate(cols["scale_index"]),
-            boxes=np.concatenate(cols["boxes"]),
-        )
-
-    @classmethod
-    def empty(cls) -> ChipTable:
-        return cls(
-            np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int64), np.zeros((0, 4))
-        )
-
-    def select(self, mask_or_index: np.ndarray) -> ChipTable:
-        return ChipTable(
-            self.image_id[mask_or_index],
-            self.is_neg[mask_or_index],
-            self.scale[mask_or_index],
-            self.scale_index[mask_or_index],
-            self.boxes[mask_or_index],
-        )
-
-
-# ---------------------------------------------------------------- epoch plan
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

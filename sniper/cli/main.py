@@ -1,7 +1,8 @@
-"""The ``sniper`` command line: one entry point, one module per subcommand.
+"""The ``sniper`` command line: one entry point, one module per subcommand in this package.
 
-Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
-The table below is the complete list; there is no registration by import side effect.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``: it parses,
+calls into the library and prints. The table below is the complete list; there is no
+registration by import side effect. Nothing outside ``sniper.cli`` imports this package.
 """
 
 from __future__ import annotations
@@ -17,27 +18,14 @@ from sniper.runtime import tune_malloc
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-dataset": ("sniper.data.synthetic_cmd", "generate the embedded synthetic detection dataset"),
-    "chips": ("sniper.chips_cmd", "mine positive/negative chips from COCO annotations"),
-    "export": ("sniper.data.export_cmd", "write chips as images + COCO JSON for any detector"),
-    "train": ("sniper.engine.train_cmd", "run the SNIPER training pipeline"),
-    "predict": ("sniper.engine.predict_cmd", "multi-scale inference with Soft-NMS"),
-    "evaluate": ("sniper.engine.evaluate_cmd", "COCO AP or proposal recall"),
-    "demo": ("sniper.demo", "end-to-end demo on the synthetic dataset"),
+    "make-dataset": ("sniper.cli.make_dataset", "generate the embedded synthetic detection dataset"),
+    "chips": ("sniper.cli.chips", "mine positive/negative chips from COCO annotations"),
+    "export": ("sniper.cli.export", "write chips as images + COCO JSON for any detector"),
+    "train": ("sniper.cli.train", "run the SNIPER training pipeline"),
+    "predict": ("sniper.cli.predict", "multi-scale inference with Soft-NMS"),
+    "evaluate": ("sniper.cli.evaluate", "COCO AP or proposal recall"),
+    "demo": ("sniper.cli.demo", "end-to-end demo on the synthetic dataset"),
 }
-
-
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """``--config`` and repeated ``--set key=value`` (shared by all config-driven commands)."""
-    p.add_argument("--config", default=None, help="YAML config file (only keys that differ from defaults)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=0.01 (repeatable)",
-    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

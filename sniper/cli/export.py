@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sniper.cli.args import add_config_arguments
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sniper.cli import add_config_arguments
-
     p.add_argument("--annotations", required=True, help="COCO instances JSON of the source images")
     p.add_argument("--images", required=True, help="folder the COCO file_name values are relative to")
     p.add_argument("--chips", default=None, help="folder (or file) with chips.parquet from `sniper chips`; "
@@ -32,39 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _engine_table(coco, props, cfg):
-    """Chips of epoch 0 straight from the chip engine: positives and the whole negative pool,
-    exactly the rows `sniper chips` would write (:func:`sniper.chips.epoch_pool`)."""
-    import numpy as np
-
-    from sniper.chips import chips_columns, epoch_pool
-    from sniper.data.plan import ChipTable
-
-    parts = []
-    for i, rec in enumerate(coco.images):
-        a = coco.annotations_at(i)
-        p = None if props is None else props.at(i)[0]
-        parts += epoch_pool(
-            rec.id,
-            a.boxes,
-            rec.width,
-            rec.height,
-            cfg.chips,
-            iscrowd=a.iscrowd,
-            proposals=p,
-            seed=cfg.seed,
-            epoch=0,
-        )
-    cols = chips_columns(parts)
-    cols["kind"] = np.asarray(cols["kind"]).astype(str)
-    return ChipTable.from_columns(cols)
-
-
 def run(args: argparse.Namespace) -> int:
     from sniper.config import load_config
+    from sniper.data.chip_table import ChipTable, build_chip_table
     from sniper.data.coco import load_coco, load_results
     from sniper.data.export import export_chips, select_chips
-    from sniper.data.plan import ChipTable
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -86,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         if args.proposals is not None:
             props = load_results(args.proposals, coco, strict=args.strict)
             print(props.report.format())
-        table = _engine_table(coco, props, cfg)
+        # epoch 0's chips straight from the chip engine: the rows `sniper chips` would write
+        table, _ = build_chip_table(coco, props, cfg.chips, seed=cfg.seed, workers=args.workers)
     table = select_chips(
         table,
         negatives=args.negatives,

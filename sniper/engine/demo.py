@@ -8,27 +8,17 @@ and ``OUT/metrics.json``. Rerunning continues where a previous run stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sniper.cli import add_config_arguments
-
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu_small.yaml"
+CONFIG = "cpu_small"  # a shipped config (sniper/configs/cpu_small.yaml)
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 BASELINE_BATCH = 2
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--images", type=int, default=48, help="synthetic images to generate (80%% train)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--fresh", action="store_true", help="start over instead of continuing a previous run")
-    add_config_arguments(p)
-    p.set_defaults(config=str(CONFIG))
 
 
 def _imagenet_weights_available() -> bool:
@@ -53,22 +43,44 @@ class _Clock:
         return out
 
 
-def _cli(*argv: str) -> None:
-    from sniper.cli import main
-
-    rc = main(list(argv))
-    if rc != 0:
-        from sniper.errors import SniperError
-
-        raise SniperError(f"'sniper {' '.join(argv[:1])}' failed with exit code {rc}")
-
-
 def _ap_row(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     return {k: metrics.get(k) for k in keys} | {"per_class": metrics.get("per_class", {})}
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class DemoResult:
+    out: Path
+    report: Path
+    metrics: dict[str, Any]
+
+
+def _mine_and_draw_chips(train_json: Path, image_root: Path, cfg, out: Path, n_pictures: int) -> None:
+    """What ``sniper chips --visualize`` does: the chip table, its statistics and pictures."""
+    from sniper.data.chip_table import chip_stats, format_chip_stats, write_chip_table
+    from sniper.data.coco import load_coco
+    from sniper.io import atomic_write_json
+    from sniper.viz.chips import visualize_chips
+
+    ds = load_coco(train_json)
+    totals = write_chip_table(ds, None, cfg.chips, out / "chips.parquet", seed=cfg.seed)
+    stats = chip_stats(totals, cfg, cfg.seed, ds, None)
+    print(format_chip_stats(stats))
+    visualize_chips(ds, None, cfg, cfg.seed, n_pictures, out / "viz", str(image_root))
+    atomic_write_json(out / "stats.json", stats)  # last: its presence marks the step done
+
+
+def run_demo(
+    out: str | os.PathLike[str] = "demo_out",
+    *,
+    images: int = 48,
+    seed: int = 0,
+    device: str = "auto",
+    fresh: bool = False,
+    config: str | None = CONFIG,
+    overrides: Sequence[str] = (),
+) -> DemoResult:
+    """The whole demo into ``out`` (see the module docstring); a rerun continues where one stopped."""
     import shutil
 
     import torch
@@ -79,18 +91,18 @@ def run(args: argparse.Namespace) -> int:
     from sniper.engine.distributed import pick_device
     from sniper.engine.evaluate import evaluate_detections
     from sniper.engine.pipeline import run_pipeline
+    from sniper.engine.predict_run import predict_to_folder
     from sniper.io import atomic_write_json
-    from sniper.report import ReportData, write_report
 
     started = time.perf_counter()
-    out = Path(args.out)
-    if args.fresh and out.exists():
+    out = Path(out)
+    if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
-    device = pick_device(args.device)
+    dev = pick_device(device)
 
-    cfg = load_config(args.config, [f"seed={args.seed}", *args.overrides])
+    cfg = load_config(config, [f"seed={seed}", *overrides])
     pretrained = _imagenet_weights_available()
     cfg.model.pretrained = pretrained
     weights_note = (
@@ -99,43 +111,36 @@ def run(args: argparse.Namespace) -> int:
         else f"random init (torchvision's {WEIGHTS_FILE} not in {torch.hub.get_dir()}/checkpoints; `make weights` puts it there)"
     )
     print(f"backbone weights: {weights_note}")
-    cfg_path = out / "config.yaml"
-    save_config(cfg, cfg_path)
+    save_config(cfg, out / "config.yaml")
 
     # 1. Data.
     data = out / "data"
     if not (data / "val.json").exists():
-        clock.run("dataset", make_dataset, data, images=args.images, seed=args.seed)
+        clock.run("dataset", make_dataset, data, images=images, seed=seed)
     train_json, val_json, image_root = data / "train.json", data / "val.json", data / "images"
 
     # 2. Chips over the training set, drawn for a few images (paper Figs. 1 and 2).
     chips_dir = out / "chips"
     if not (chips_dir / "stats.json").exists():
-        clock.run(
-            "chips",
-            _cli,
-            "chips", "--annotations", str(train_json), "--config", str(cfg_path), "--out", str(chips_dir),
-            "--visualize", "3", "--images", str(image_root),
-        )  # fmt: skip
+        clock.run("chips", _mine_and_draw_chips, train_json, image_root, cfg, chips_dir, 3)
 
     # 3. The SNIPER pipeline.
     run_dir = out / "sniper_run"
     t0 = time.perf_counter()
-    result = run_pipeline(cfg, train_json, image_root, run_dir, resume=True, device=str(device))
+    result = run_pipeline(cfg, train_json, image_root, run_dir, resume=True, device=str(dev))
     clock.seconds["sniper_training"] = round(time.perf_counter() - t0, 2)
     stage_seconds = dict(result.stage_seconds)
     train_budget = sum(stage_seconds.values())
 
     # 4. Multi-scale inference + evaluation on val.
     sniper_pred = out / "sniper_predict"
+
     def predict_and_evaluate(name: str, weights: Path, out_dir: Path, *extra: str) -> dict[str, Any]:
-        """``sniper predict`` on the val split (once), then COCO AP of its detections."""
+        """Prediction on the val split (once), then COCO AP of its detections."""
         if not (out_dir / "detections.json").exists():
             clock.run(
-                name,
-                _cli,
-                "predict", "--weights", str(weights), "--source", str(val_json), "--images", str(image_root),
-                "--out", str(out_dir), "--visualize", "4", "--device", str(device.type), *extra,
+                name, predict_to_folder, weights, val_json, out_dir, image_root=image_root, overrides=extra,
+                device=dev.type, visualize=4,
             )  # fmt: skip
         return evaluate_detections(val_json, out_dir / "detections.json")
 
@@ -154,31 +159,31 @@ def run(args: argparse.Namespace) -> int:
             "baseline_training",
             train_full_image,
             base_cfg, train_json, image_root, base_dir,
-            scales=SINGLE_SCALE_800, time_budget_s=train_budget, device=device,
+            scales=SINGLE_SCALE_800, time_budget_s=train_budget, device=dev,
         )  # fmt: skip
     base_pred = out / "baseline_predict"
     base_metrics = predict_and_evaluate(
-        "baseline_inference", base_model, base_pred,
-        "--set", "infer.scales=[{short: 800, max_size: 1333}]", "--set", "infer.merge=nms",
-    )  # fmt: skip
+        "baseline_inference", base_model, base_pred, "infer.scales=[{short: 800, max_size: 1333}]", "infer.merge=nms"
+    )
 
     # 6. Report.
-    wall = {**stage_seconds, **clock.seconds}
     metrics = {
         "sniper": _ap_row(sniper_metrics),
         "baseline": _ap_row(base_metrics),
-        "stage_seconds": wall,
+        # every timed step, and the pipeline's stages (parts of sniper_training) by name
+        "stage_seconds": {**stage_seconds, **clock.seconds},
+        "pipeline_stages": list(stage_seconds),
         "total_seconds": round(time.perf_counter() - started, 1),
         "weights": "imagenet" if pretrained else "random",
         "baseline_time_budget_s": round(train_budget, 1),
-        "device": str(device),
+        "device": str(dev),
     }
     atomic_write_json(out / "metrics.json", metrics)
-    _write_report(out, cfg, metrics, sniper_metrics, base_metrics, weights_note, chips_dir, run_dir, base_dir,
-                  sniper_pred, base_pred, ReportData, write_report)  # fmt: skip
+    report = _write_report(out, cfg, metrics, sniper_metrics, base_metrics, weights_note, chips_dir, run_dir,
+                           base_dir, sniper_pred, base_pred)  # fmt: skip
     _print_table(metrics)
-    print(f"\nreport: {out / 'report.html'}\nmetrics: {out / 'metrics.json'}")
-    return 0
+    print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}")
+    return DemoResult(out, report, metrics)
 
 
 def _print_table(metrics: dict[str, Any]) -> None:
@@ -190,8 +195,10 @@ def _print_table(metrics: dict[str, Any]) -> None:
         print(f"{k:<9} {fa}  {fb}")
 
 
-def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, base_dir, sniper_pred, base_pred,
-                  ReportData, write_report) -> None:  # fmt: skip
+def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, base_dir, sniper_pred,
+                  base_pred) -> Path:  # fmt: skip
+    from sniper.viz.report import ReportData, write_report
+
     stats = json.loads((chips_dir / "stats.json").read_text())
     chip_pics = sorted((chips_dir / "viz").glob("*.png"))[:8] if (chips_dir / "viz").exists() else []
     curves = sorted((run_dir / "plots").glob("*.png")) + sorted((base_dir / "plots").glob("*.png"))
@@ -221,7 +228,8 @@ def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, b
             "device": metrics["device"],
             "total wall time": f"{metrics['total_seconds']:.0f} s",
         },
-        stage_times=metrics["stage_seconds"],
+        stage_times={k: v for k, v in metrics["stage_seconds"].items() if k not in metrics["pipeline_stages"]},
+        stage_parts={"sniper_training": {k: metrics["stage_seconds"][k] for k in metrics["pipeline_stages"]}},
         chip_images=[(p, p.stem.replace("_", " ")) for p in chip_pics],
         loss_curves=[(p, p.parent.parent.name + ": " + p.stem) for p in curves],
         detections=[(p, p.parent.parent.name + ": " + p.stem) for p in dets],
@@ -232,4 +240,4 @@ def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, b
             "warm-up because its number of iterations is set by the time budget."
         ),
     )
-    write_report(out, data)
+    return write_report(out, data)

@@ -34,7 +34,9 @@ Picture = tuple[str | os.PathLike[str], str]  # (path, caption)
 class ReportData:
     """What a report shows. Every field is optional; empty ones are omitted.
 
-    ``stage_times``: stage name -> wall seconds. ``ap``: method -> {metric: AP in [0, 1]} with
+    ``stage_times``: step name -> wall seconds, the steps of the run one after the other (the
+    total is their sum); ``stage_parts``: step name -> {part: seconds}, parts of a step shown
+    indented below it and not added to the total again. ``ap``: method -> {metric: AP in [0, 1]} with
     metrics from :data:`AP_METRICS`; ``per_class_ap``: method -> {class name: AP}. Methods appear
     as columns in the order of ``ap`` (e.g. ``{"SNIPER": ..., "baseline": ...}``).
     """
@@ -45,6 +47,7 @@ class ReportData:
     weights: str = ""  # e.g. "ImageNet (torchvision mobilenet_v2)" or "random init"
     facts: dict[str, str] = field(default_factory=dict)  # more key -> value rows of the summary
     stage_times: dict[str, float] = field(default_factory=dict)
+    stage_parts: dict[str, dict[str, float]] = field(default_factory=dict)
     chip_images: list[Picture] = field(default_factory=list)
     loss_curves: list[Picture] = field(default_factory=list)
     detections: list[Picture] = field(default_factory=list)
@@ -63,6 +66,7 @@ th, td { border: 1px solid #ccc; padding: .25em .7em; }
 th { background: #f3f3f3; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.group td { background: #fafafa; font-style: italic; }
+tr.part td { color: #666; font-size: .92em; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { color: #555; font-size: .92em; }
@@ -182,6 +186,23 @@ def _ap_table(ap: Mapping[str, Mapping[str, float]], per_class: Mapping[str, Map
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 
+def _stage_table(steps: Mapping[str, float], parts: Mapping[str, Mapping[str, float]]) -> str:
+    def row(name: str, v: float, cls: str = "") -> str:
+        return f'<tr{cls}><td>{_e(name)}</td><td class="num">{_duration(v)}</td><td class="num">{v:.1f}</td></tr>'
+
+    rows = []
+    for k, v in steps.items():
+        rows.append(row(k, v))
+        rows += [row(f"\u2003{p}", pv, ' class="part"') for p, pv in parts.get(k, {}).items()]
+    total = sum(steps.values())
+    rows.append(f'<tr><th>total</th><th class="num">{_duration(total)}</th><th class="num">{total:.1f}</th></tr>')
+    return (
+        "<h3>Wall time per stage</h3><table><tr><th>stage</th><th>h:m:s</th><th>seconds</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def render_html(data: ReportData) -> str:
     """The report as one HTML string (pictures read from disk and embedded)."""
     parts = [
@@ -204,17 +225,7 @@ def render_html(data: ReportData) -> str:
         rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
         summary.append(f"<table>{rows}</table>")
     if data.stage_times:
-        rows = "".join(
-            f'<tr><td>{_e(k)}</td><td class="num">{_duration(v)}</td><td class="num">{v:.1f}</td></tr>'
-            for k, v in data.stage_times.items()
-        )
-        total = sum(data.stage_times.values())
-        rows += (
-            f'<tr><th>total</th><th class="num">{_duration(total)}</th><th class="num">{total:.1f}</th></tr>'
-        )
-        summary.append(
-            f"<h3>Wall time per stage</h3><table><tr><th>stage</th><th>h:m:s</th><th>seconds</th></tr>{rows}</table>"
-        )
+        summary.append(_stage_table(data.stage_times, data.stage_parts))
     if summary:
         parts += ["<h2>Summary</h2>", *summary]
     if data.chip_images:
