@@ -89,7 +89,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "mobilenet_v2"  # mobilenet_v2 | resnet50 | resnet101 | resnet50_fpn
-    pretrained: bool = False
+    # ImageNet weights from torchvision's cache (`make weights`); tests and ablations set false.
+    pretrained: bool = True
     norm: str = "bn"  # bn (batch statistics) | frozen_bn | sync_bn
     freeze_at: int = 0  # 0: nothing frozen; 1: stem; 2: stem + first stage
     # mobilenet_v2 only: 32 = the whole network (the paper); 16 = stop after the stride-16 blocks.
@@ -117,6 +118,9 @@ class ModelConfig:
     rpn_ignore_iou_thresh: float = 0.3
     box_fg_iou_thresh: float = 0.5
     box_ignore_iou_thresh: float = 0.5
+    # RoI foreground against: all_gt = any non-crowd GT in the chip, valid or not (paper §3.4:
+    # a cropped large GT can give a valid proposal) | valid_gt = only the chip's valid GT.
+    roi_match: str = "all_gt"
     # None: use every proposal, no foreground fraction (the paper); an int samples that many.
     box_batch_size_per_image: int | None = None
     box_positive_fraction: float = 0.25
@@ -139,6 +143,12 @@ class TrainConfig:
     lr_steps: list[float] = field(default_factory=lambda: [5.33])  # in epochs
     lr_gamma: float = 0.1
     rpn_epochs: int = 2
+    # Stage lengths in iterations instead of epochs (what `sniper plan` writes: an epoch over two
+    # images and one over COCO are not the same amount of learning). When set they replace
+    # epochs / rpn_epochs, and lr_steps_iters (if set) replaces lr_steps.
+    iterations: int | None = None
+    rpn_iterations: int | None = None
+    lr_steps_iters: list[int] | None = None
     rpn_lr: float | None = None  # None: same as lr
     negatives: bool = True
     # Start the detector stage from the stage-1 RPN weights instead of the backbone init.
@@ -172,6 +182,9 @@ class InferConfig:
     iou_thresh: float = 0.5  # for nms, and linear soft-nms
     score_thresh: float = 0.001
     max_detections: int = 200
+    # Per scale and image, the best this many detections in the scale's valid range go to the
+    # merge (bounds memory; the head's NMS and top-k are skipped for the pyramid). None: all.
+    pre_merge_top_k: int | None = 3000
     batch_size: int = 2
     # Images larger than this many pixels at a scale are run in overlapping tiles.
     max_pixels_per_pass: int = 2000 * 2000

@@ -195,7 +195,7 @@ def test_chip_past_the_image_edge_repeats_the_edge():
 def test_targets_agree_with_chip_labels(png_data):
     coco, table, images, cfg = png_data
     ds = ChipDataset(coco, table, images, cfg)
-    n_ignore = n_crowd_ignored = 0
+    n_ignore = n_crowd_ignored = n_invalid_labelled = 0
     for i in range(len(table)):
         t = ds.target(i)
         rec = coco.image(t["image_id"])
@@ -206,13 +206,21 @@ def test_targets_agree_with_chip_labels(png_data):
         np.testing.assert_array_equal(t["boxes"].numpy(), lab.boxes[lab.valid])
         np.testing.assert_array_equal(t["ignore_boxes"].numpy(), lab.boxes[lab.ignore])
         np.testing.assert_array_equal(coco.category_of(t["labels"].numpy()), lab.classes[lab.valid])
+        # per ignore box: the class of an invalid non-crowd GT (the head may match it), 0 for crowd
+        crowd = a.iscrowd[lab.gt_index[lab.ignore]]
+        ignore_labels = t["ignore_labels"].numpy()
+        assert t["ignore_labels"].dtype == torch.int64 and len(ignore_labels) == len(t["ignore_boxes"])
+        assert (ignore_labels[crowd] == 0).all()
+        invalid_classes = lab.classes[lab.ignore][~crowd]
+        np.testing.assert_array_equal(coco.category_of(ignore_labels[~crowd]), invalid_classes)
+        n_invalid_labelled += int((~crowd).sum())
         np.testing.assert_allclose(t["valid_range"].numpy(), lab.valid_range.astype(np.float32))
         assert t["boxes"].dtype == torch.float32 and t["labels"].dtype == torch.int64
         assert t["origin"].dtype == torch.float64 and t["chip_box"].tolist()[:2] == t["origin"].tolist()
         n_ignore += len(t["ignore_boxes"])
         n_crowd_ignored += int(a.iscrowd[lab.gt_index].sum())
         assert not a.iscrowd[lab.gt_index[lab.valid]].any()
-    assert n_ignore > 0 and n_crowd_ignored > 0
+    assert n_ignore > 0 and n_crowd_ignored > 0 and n_invalid_labelled > 0
 
 
 def test_predictions_map_back_to_the_image(png_data):
@@ -285,6 +293,7 @@ def test_flip_is_consistent_for_image_and_boxes(tmp_path):
     np.testing.assert_allclose(t0["boxes"].numpy(), [box])
     np.testing.assert_allclose(t1["boxes"].numpy(), [[w - 60, 30, w - 20, 70]])
     np.testing.assert_allclose(t1["ignore_boxes"].numpy(), [[w - 180, 10, w - 150, 30]])
+    assert t1["ignore_labels"].tolist() == [0]  # crowd
     x1, y1, x2, y2 = (int(v) for v in t1["boxes"][0])
     assert flipped[:, y1:y2, x1:x2].min() > 0.95
     assert flipped[:, :h, :w].sum() == pytest.approx(plain[:, :h, :w].sum())

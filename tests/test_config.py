@@ -12,6 +12,7 @@ SHIPPED = ("cpu_small", "paper_mobilenet_v2", "paper_resnet101")
 
 def test_paper_defaults():
     cfg = Config()
+    assert cfg.model.pretrained  # ImageNet init unless asked otherwise
     s = cfg.chips.scales
     assert [x.factor for x in s[:2]] == [3.0, 1.667] and s[2].longest == 512
     assert [x.valid_range for x in s] == [(None, 80.0), (32.0, 150.0), (120.0, None)]

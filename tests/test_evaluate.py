@@ -345,3 +345,32 @@ def test_cli_bad_input_exits_2(tmp_path, capsys, content, message):
 def test_cli_missing_file_exits_2(tmp_path, capsys):
     assert main(["evaluate", "--annotations", str(tmp_path / "nope.json"), "--detections", str(DETS)]) == 2
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_max_dets_follow_dense_ground_truth(tmp_path, capsys):
+    from sniper.engine.evaluate import max_dets_for
+
+    def gt(n):
+        return {
+            "images": [{"id": 1, "file_name": "a.jpg", "width": 2000, "height": 2000}],
+            "annotations": [
+                {"id": k + 1, "image_id": 1, "category_id": 1, "bbox": [k % 50 * 40, k // 50 * 40, 20, 20],
+                 "area": 400, "iscrowd": 0}
+                for k in range(n)
+            ],  # fmt: skip
+            "categories": [{"id": 1, "name": "car"}],
+        }
+
+    assert max_dets_for(gt(100)) == ([1, 10, 100], None)
+    dets, note = max_dets_for(gt(250))
+    assert dets == [1, 10, 100, 300] and "250 objects" in note
+    # all 250 found: with COCO's 100 the recall (and AP) would be capped at 0.4
+    g = gt(250)
+    d = [{"image_id": 1, "category_id": 1, "bbox": a["bbox"], "score": 0.9} for a in g["annotations"]]
+    (tmp_path / "gt.json").write_text(json.dumps(g))
+    (tmp_path / "d.json").write_text(json.dumps(d))
+    assert main(["evaluate", "--annotations", str(tmp_path / "gt.json"), "--detections", str(tmp_path / "d.json"),
+                 "--out", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert "250 objects" in capsys.readouterr().out
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["AP"] == pytest.approx(1.0) and m["AR@300"] == pytest.approx(1.0) and m["AR@100"] == pytest.approx(0.4)

@@ -24,6 +24,7 @@ from sniper.data.export import export_chips, select_chips
 
 def small_config() -> Config:
     cfg = Config()
+    cfg.model.pretrained = False  # tests never need ImageNet weights
     cfg.chips = chip_cfg()
     return cfg
 

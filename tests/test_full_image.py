@@ -65,6 +65,7 @@ def test_single_scale_boxes_scale_exactly(coco_dir):
         b = _orig_boxes(i)
         np.testing.assert_allclose(t["boxes"].numpy(), (b[~crowd] * f).astype(np.float32), rtol=0, atol=1e-4)
         np.testing.assert_allclose(t["ignore_boxes"].numpy(), (b[crowd] * f).astype(np.float32), atol=1e-4)
+        assert t["ignore_labels"].tolist() == [0] * int(crowd.sum())  # crowd: never foreground
         assert t["labels"].tolist() == [{5: 1, 9: 2}[c] for (*_, c, cr) in spec if not cr]
         assert t["valid_range"].tolist() == [0.0, math.inf]
         assert t["image_id"] == 100 + i and t["scale_index"] == 0 and t["flipped"] is False
@@ -94,6 +95,7 @@ def test_pyramid_uses_valid_ranges(coco_dir):
     assert fine["scale"] == 2.0 and coarse["scale"] == 0.5 and coarse["scale_index"] == 1
     np.testing.assert_allclose(fine["boxes"].numpy(), _orig_boxes(1)[sizes < 30] * 2.0, atol=1e-4)
     np.testing.assert_allclose(fine["ignore_boxes"].numpy(), _orig_boxes(1)[sizes >= 30] * 2.0, atol=1e-4)
+    assert fine["ignore_labels"].tolist() == [1]  # the out-of-range GT (category 5) keeps its label
     np.testing.assert_allclose(coarse["boxes"].numpy(), _orig_boxes(1)[sizes >= 30] * 0.5, atol=1e-4)
     assert fine["valid_range"].tolist() == [0.0, 60.0]
     assert coarse["valid_range"].tolist() == [15.0, math.inf]

@@ -24,11 +24,11 @@ RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}
 ALL_LOSSES = RPN_LOSSES | {"loss_classifier", "loss_box_reg"}
 
 CONFIGS = {
-    "mobilenet_v2": ModelConfig(backbone="mobilenet_v2", anchor_sizes=[16, 32, 64], freeze_at=1),
-    "resnet50": ModelConfig(
+    "mobilenet_v2": ModelConfig(pretrained=False, backbone="mobilenet_v2", anchor_sizes=[16, 32, 64], freeze_at=1),
+    "resnet50": ModelConfig(pretrained=False,
         backbone="resnet50", anchor_sizes=[16, 32], deformable=True, freeze_at=2, fc_dim=64, rpn_channels=64
     ),
-    "resnet50_fpn": ModelConfig(backbone="resnet50_fpn", norm="frozen_bn", freeze_at=2, fc_dim=64),
+    "resnet50_fpn": ModelConfig(pretrained=False, backbone="resnet50_fpn", norm="frozen_bn", freeze_at=2, fc_dim=64),
 }
 SIZES = {"mobilenet_v2": 128, "resnet50": 64, "resnet50_fpn": 64}
 
@@ -190,14 +190,14 @@ def test_norm_choices(models):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fpn.modules())
     mob = models["mobilenet_v2"]
     assert any(type(m) is nn.BatchNorm2d for m in mob.modules())
-    cfg = ModelConfig(norm="sync_bn", anchor_sizes=[32], freeze_at=1)
+    cfg = ModelConfig(pretrained=False, norm="sync_bn", anchor_sizes=[32], freeze_at=1)
     model = convert_sync_batchnorm(build_model(cfg, 1)).train()
     assert model.norm == "sync_bn" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
     stem_bn = model.backbone.body[0][1]  # frozen stage: still eval after conversion
     assert isinstance(stem_bn, nn.SyncBatchNorm) and not stem_bn.training and not stem_bn.weight.requires_grad
     assert model.backbone.body[2].conv[0][1].training
     with pytest.raises(SniperError, match="model.norm"):
-        build_model(ModelConfig(norm="group"), 1)
+        build_model(ModelConfig(pretrained=False, norm="group"), 1)
 
 
 def test_deformable_conv5_forward(models):
@@ -217,7 +217,7 @@ def test_bf16_autocast_keeps_losses_and_boxes_fp32():
     emulated (minutes) on CPUs without AVX512-BF16, and add nothing to what is checked.
     """
     torch.manual_seed(0)  # a narrow head: bf16 matmuls are emulated too
-    model = build_model(ModelConfig(anchor_sizes=[16, 32], head_channels=16, rpn_channels=16, fc_dim=16), 3)
+    model = build_model(ModelConfig(pretrained=False, anchor_sizes=[16, 32], head_channels=16, rpn_channels=16, fc_dim=16), 3)
     backbone_forward = model.backbone.forward
 
     def bf16_features(x, with_head=True):
@@ -254,20 +254,26 @@ def test_bad_inputs_raise_clear_errors(models):
         model.eval()
         model(torch.rand(1, 3, 64, 64), image_sizes=[(65, 64)])
     with pytest.raises(SniperError, match="anchor_sizes"):
-        build_model(ModelConfig(backbone="resnet50_fpn", anchor_sizes=[32, 64]), 1)
+        build_model(ModelConfig(pretrained=False, backbone="resnet50_fpn", anchor_sizes=[32, 64]), 1)
 
 
 def test_pretrained_weights_missing_gives_sniper_error(monkeypatch, tmp_path):
     import torchvision.models._api as api
 
+    tried: list[str] = []
+
     def offline(url, *args, **kwargs):
+        tried.append(url)
         raise urllib.error.URLError("no network")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(SniperError, match=r"mobilenet_v2-b0353104\.pth") as e:
         build_model(ModelConfig(pretrained=True), 1)
-    assert str(tmp_path / "hub" / "checkpoints") in str(e.value)
+    msg = str(e.value)
+    assert str(tmp_path / "hub" / "checkpoints") in msg  # where torchvision looks
+    assert "make weights" in msg and "model.pretrained=false" in msg  # how to install it, how to do without
+    assert tried == []  # no network at run time: a missing file is never downloaded
 
 
 def test_channels_last_is_only_a_memory_layout():
@@ -275,9 +281,29 @@ def test_channels_last_is_only_a_memory_layout():
     for channels_last in (False, True):
         torch.manual_seed(0)
         model = build_model(
-            ModelConfig(anchor_sizes=[16, 32], channels_last=channels_last), NUM_CLASSES
+            ModelConfig(pretrained=False, anchor_sizes=[16, 32], channels_last=channels_last), NUM_CLASSES
         ).eval()
         with torch.no_grad():
             outs.append(model(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)))[0])
     assert torch.allclose(outs[0]["scores"], outs[1]["scores"], atol=1e-4)
     assert torch.allclose(outs[0]["boxes"], outs[1]["boxes"], atol=1e-2)
+
+
+def test_roi_match_option_and_ignore_labels_reach_the_head():
+    small = dict(pretrained=False, anchor_sizes=[16, 32, 64], fc_dim=16, head_channels=16, rpn_channels=16)
+    assert build_model(ModelConfig(**small), 2).roi_heads.roi_match == "all_gt"  # the paper's rule
+    model = build_model(ModelConfig(roi_match="valid_gt", **small), 2)
+    assert model.roi_heads.roi_match == "valid_gt"
+    with pytest.raises(SniperError, match="roi_match"):
+        build_model(ModelConfig(roi_match="any", **small), 2)
+    # targets: ignore_labels (class of an invalid non-crowd GT, 0 = crowd) default to 0, are checked
+    t = target([[0, 0, 10, 10]], [1], [[20, 20, 30, 30], [40, 40, 50, 50]])
+    assert model.prepare_targets([t], 1, "cpu")[0]["ignore_labels"].tolist() == [0, 0]
+    t["ignore_labels"] = torch.tensor([2, 0])
+    assert model.prepare_targets([t], 1, "cpu")[0]["ignore_labels"].tolist() == [2, 0]
+    t["ignore_labels"] = torch.tensor([3, 0])
+    with pytest.raises(SniperError, match="ignore_labels must be in 0..2"):
+        model.prepare_targets([t], 1, "cpu")
+    t["ignore_labels"] = torch.tensor([1])
+    with pytest.raises(SniperError, match="2 ignore boxes but 1 ignore_labels"):
+        model.prepare_targets([t], 1, "cpu")

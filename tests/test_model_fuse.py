@@ -35,9 +35,9 @@ def _norms(model: nn.Module) -> list[nn.Module]:
 @pytest.mark.parametrize(
     "cfg",
     [
-        ModelConfig(backbone="mobilenet_v2"),
-        ModelConfig(backbone="mobilenet_v2", output_stride=16),
-        ModelConfig(backbone="resnet50", norm="frozen_bn"),
+        ModelConfig(pretrained=False, backbone="mobilenet_v2"),
+        ModelConfig(pretrained=False, backbone="mobilenet_v2", output_stride=16),
+        ModelConfig(pretrained=False, backbone="resnet50", norm="frozen_bn"),
     ],
     ids=["mobilenet_v2", "mobilenet_v2_s16", "resnet50_frozen_bn"],
 )
@@ -77,7 +77,7 @@ def test_predictor_model_is_folded_and_detects_the_same():
     from sniper.scales import Scale
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(anchor_sizes=[16, 32, 64], box_score_thresh=0.0), 2)
+    model = build_model(ModelConfig(pretrained=False, anchor_sizes=[16, 32, 64], box_score_thresh=0.0), 2)
     _randomise_norm_stats(model.backbone)
     cats = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
     cfg = InferConfig(scales=[Scale(factor=1.0)], merge="nms")
@@ -95,13 +95,13 @@ def test_predictor_model_is_folded_and_detects_the_same():
 
 
 def test_output_stride_16_doubles_the_feature_resolution():
-    feats = {s: build_backbone(ModelConfig(output_stride=s)).eval()(torch.rand(1, 3, 128, 128))["0"] for s in (16, 32)}
+    feats = {s: build_backbone(ModelConfig(pretrained=False, output_stride=s)).eval()(torch.rand(1, 3, 128, 128))["0"] for s in (16, 32)}
     assert feats[32].shape[-2:] == (4, 4) and feats[16].shape[-2:] == (8, 8)
-    assert build_backbone(ModelConfig(output_stride=16)).strides == {"0": 16}
+    assert build_backbone(ModelConfig(pretrained=False, output_stride=16)).strides == {"0": 16}
     with pytest.raises(SniperError, match="output_stride=8"):
-        build_backbone(ModelConfig(output_stride=8))
+        build_backbone(ModelConfig(pretrained=False, output_stride=8))
     with pytest.raises(SniperError, match="only for mobilenet_v2"):
-        build_backbone(ModelConfig(backbone="resnet50", output_stride=16))
+        build_backbone(ModelConfig(pretrained=False, backbone="resnet50", output_stride=16))
 
 
 def test_tune_malloc_can_be_declined(monkeypatch):

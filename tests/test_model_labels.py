@@ -32,7 +32,7 @@ def make_rpn(batch_size_per_image: int = 256) -> SniperRPN:
 
 
 def make_heads(
-    batch_size_per_image: int | None = None, class_agnostic: bool = True, n: int = 300
+    batch_size_per_image: int | None = None, class_agnostic: bool = True, n: int = 300, **kw
 ) -> SniperRoIHeads:
     return SniperRoIHeads(
         MultiScaleRoIAlign(["0"], 7, 2),
@@ -47,16 +47,22 @@ def make_heads(
         score_thresh=0.001,
         nms_thresh=0.5,
         detections_per_img=100,
+        **kw,
     )
 
 
-def target(boxes=(), labels=(), ignore=(), valid_range=(0.0, math.inf)) -> dict[str, torch.Tensor]:
-    return {
+def target(
+    boxes=(), labels=(), ignore=(), valid_range=(0.0, math.inf), ignore_labels=None
+) -> dict[str, torch.Tensor]:
+    t = {
         "boxes": T(boxes, dtype=torch.float32).reshape(-1, 4),
         "labels": T(labels, dtype=torch.int64),
         "ignore_boxes": T(ignore, dtype=torch.float32).reshape(-1, 4),
         "valid_range": T(valid_range, dtype=torch.float32),
     }
+    if ignore_labels is not None:  # class of an invalid non-crowd GT, 0 for crowd
+        t["ignore_labels"] = T(ignore_labels, dtype=torch.int64)
+    return t
 
 
 # ---------------------------------------------------------------- RPN
@@ -220,3 +226,76 @@ def test_class_specific_and_agnostic_box_loss_pick_the_right_deltas():
     assert box.item() == 0
     _, box = make_heads(class_agnostic=True).box_loss(logits, torch.zeros(2, 4), labels, reg_t)
     assert box.item() == pytest.approx(4 * (1 - 0.5 / 9) / 2)  # smooth-L1 beta 1/9, / #RoIs
+
+
+def test_head_raw_detections_skip_nms_and_top_k():
+    heads = make_heads().eval()
+    heads.detections_per_img = 1
+    proposals = [T([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60]])]  # the first two: IoU 0.9
+    probs = T([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.3, 0.0005, 0.6995]])  # background, class 1, class 2
+    logits, deltas = probs.clamp(min=1e-12).log(), torch.zeros(3, 4)
+    boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, [(100, 100)])
+    assert scores[0].tolist() == pytest.approx([0.9]) and labels[0].tolist() == [1]  # NMS + top 1
+    boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, [(100, 100)], raw=True)
+    # every (RoI, class) above score_thresh (0.001), by decreasing score; no NMS, no cut
+    assert scores[0].tolist() == pytest.approx([0.9, 0.8, 0.6995])
+    assert labels[0].tolist() == [1, 1, 2]
+    assert torch.equal(boxes[0], T([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60]]))
+
+
+# ---------------------------------------------------------------- head: invalid GT (paper §3.4)
+
+# A chip with valid range [5, 50] (sqrt area, chip px): a valid GT (class 2), a truncated GT
+# (class 1, invalid here), a crowd box, and a large out-of-range GT (class 1, invalid here).
+INVALID_GT_CHIP = dict(
+    boxes=[[0, 0, 10, 10]],
+    labels=[2],
+    ignore=[[100, 100, 110, 110], [200, 200, 210, 210], [300, 300, 400, 400]],
+    ignore_labels=[1, 0, 1],
+    valid_range=(5.0, 50.0),
+)
+INVALID_GT_ROIS = T(
+    [
+        [0, 0, 10, 6],  # IoU 0.6 with the valid GT -> class 2
+        [100, 100, 110, 106],  # IoU 0.6 with the truncated GT, in range (7.7 px)
+        [200, 200, 210, 206],  # IoU 0.6 with the crowd box -> never foreground: ignored
+        [300, 300, 400, 390],  # IoU 0.9 with the out-of-range GT, but itself out of range (95 px): dropped
+        [50, 50, 60, 60],  # background
+    ]
+)
+
+
+def test_head_roi_on_an_invalid_gt_is_foreground_by_default():
+    """'A large ground-truth box which is cropped could generate a valid proposal': a RoI is
+    foreground against any non-crowd GT in the chip; out-of-range RoIs are dropped as before."""
+    heads = make_heads()
+    props, _, labels, reg = heads.select_training_samples([INVALID_GT_ROIS], [target(**INVALID_GT_CHIP)])
+    expected = T([[0, 0, 10, 6], [100, 100, 110, 106], [50, 50, 60, 60], [0, 0, 10, 10]])
+    assert torch.equal(props[0], expected)  # valid GT appended, out-of-range and crowd-ignored RoIs gone
+    assert labels[0].tolist() == [2, 1, 0, 2]
+    # regressed towards the truncated GT box (as it is clipped to the chip)
+    assert reg[0][1].tolist() == pytest.approx([0, 10 * 2 / 6, 0, 5 * math.log(10 / 6)], rel=1e-5, abs=1e-6)
+    assert heads.roi_match == "all_gt"
+
+
+def test_head_valid_gt_matching_keeps_the_old_rule():
+    heads = make_heads(roi_match="valid_gt")
+    props, _, labels, _ = heads.select_training_samples([INVALID_GT_ROIS], [target(**INVALID_GT_CHIP)])
+    # the RoI on the truncated GT is background overlapping an ignore box: left out, like the crowd one
+    assert torch.equal(props[0], T([[0, 0, 10, 6], [50, 50, 60, 60], [0, 0, 10, 10]]))
+    assert labels[0].tolist() == [2, 0, 2]
+    with pytest.raises(ValueError, match="roi_match"):
+        make_heads(roi_match="any")
+
+
+def test_head_crowd_never_makes_a_roi_foreground():
+    heads = make_heads()
+    crowd = [[0, 0, 10, 10]]
+    rois = [T([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60]])]
+    for t in (target(ignore=crowd, ignore_labels=[0]), target(ignore=crowd)):  # 0 = crowd, the default
+        _, _, labels, _ = heads.select_training_samples(rois, [t])
+        assert labels[0].tolist() == [0]  # the two on the crowd box ignored, the other background
+    # a chip without valid GT still learns from a truncated GT
+    _, _, labels, reg = heads.select_training_samples(rois, [target(ignore=crowd, ignore_labels=[2])])
+    assert labels[0].tolist() == [2, 2, 0]
+    assert torch.isfinite(reg[0]).all()

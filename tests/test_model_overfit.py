@@ -12,7 +12,7 @@ from sniper.model import build_model
 
 def test_mobilenet_overfits_two_chips():
     torch.manual_seed(0)
-    cfg = ModelConfig(anchor_sizes=[16, 32, 64], head_channels=64, rpn_channels=64, fc_dim=128)
+    cfg = ModelConfig(pretrained=False, anchor_sizes=[16, 32, 64], head_channels=64, rpn_channels=64, fc_dim=128)
     model = build_model(cfg, num_classes=2)
     model.train()
     images = torch.zeros(2, 3, 96, 96)

@@ -22,6 +22,7 @@ TINY_CONFIG = [
     "chips.neg_min_proposals=[2, 2]",
     "data.num_workers=0",
     "model.backbone=mobilenet_v2",
+    "model.pretrained=false",
     "model.head_channels=64",
     "model.fc_dim=128",
     "model.anchor_sizes=[32, 64, 128]",
@@ -185,3 +186,16 @@ def test_cli_reports_bad_annotations_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "sniper train: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_categories_are_stored_in_label_order():
+    """model_final.pt's categories come from the pipeline's helper: label l is entry l - 1."""
+    from sniper.data.coco import load_coco
+    from sniper.engine.pipeline import _categories
+
+    cats_in_file = [{"id": 90, "name": "zebra"}, {"id": 1, "name": "person"}, {"id": 7}]
+    coco = load_coco({"images": [], "annotations": [], "categories": cats_in_file})
+    cats = _categories(coco)
+    assert [c["id"] for c in cats] == coco.category_of([1, 2, 3]).tolist() == [1, 7, 90]
+    assert [c["name"] for c in cats] == ["person", "7", "zebra"]
+    assert cats == coco.categories_by_label()

@@ -17,6 +17,7 @@ from sniper.engine.predict import (
     plan_windows,
     predict_proposals,
 )
+from sniper.errors import SniperError
 from sniper.scales import Scale, scaled_size
 from sniper.viz.detections import draw_detections
 
@@ -290,6 +291,8 @@ def fake_weights(tmp_path, monkeypatch):
     import sniper.engine.checkpoint as ckpt
 
     cfg = Config()
+
+    cfg.model.pretrained = False  # tests never need ImageNet weights
     cfg.infer.scales = [
         Scale(factor=1.0, valid_range=(None, None)),
         Scale(factor=0.5, valid_range=(None, None)),
@@ -467,6 +470,8 @@ def test_end_to_end_tiny_real_model(tmp_path):
     from sniper.model import build_model
 
     cfg = Config()
+
+    cfg.model.pretrained = False  # tests never need ImageNet weights
     cfg.infer.scales = [Scale(short=96, max_size=128, valid_range=(None, 40)), Scale(short=160, max_size=200)]
     cfg.proposals.scales = cfg.infer.scales
     torch.manual_seed(0)
@@ -487,3 +492,146 @@ def test_end_to_end_tiny_real_model(tmp_path):
     assert run_cli("--weights", weights, "--source", folder, "--out", out, "--proposals") == 0
     props = json.loads((out / "proposals.json").read_text())
     assert props and all(p["category_id"] == 1 for p in props)
+
+
+# ------------------------------------------------------------------ category order
+
+# Categories NOT sorted by id in the file: labels follow sorted ids (1 -> label 1, 90 -> label 2).
+UNSORTED_CATEGORIES = [{"id": 90, "name": "zebra"}, {"id": 1, "name": "person"}]
+
+
+def test_model_file_and_predictor_map_labels_to_the_right_ids(tmp_path):
+    from sniper.data.coco import load_coco
+    from sniper.engine.checkpoint import load_model_for_inference, save_checkpoint, save_model_final
+    from sniper.model import build_model
+
+    coco = load_coco({"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+                      "annotations": [], "categories": UNSORTED_CATEGORIES})  # fmt: skip
+    assert coco.label_of([1, 90]).tolist() == [1, 2]
+    cfg = Config()
+    cfg.model.pretrained = False  # tests never need ImageNet weights
+    cfg.model.pretrained = False
+    cfg.model.fc_dim = 16
+    model = build_model(cfg.model, num_classes=2)
+    # the model sees a zebra (0.9) and a person (0.8), as labels of the dataset
+    fixed = FixedModel([[0, 0, 5, 5], [5, 5, 10, 10]], [0.9, 0.8], coco.label_of([90, 1]).tolist())
+    icfg = infer_cfg([open_scale(factor=1.0)], merge="nms")
+    image = np.zeros((10, 10, 3), np.uint8)
+
+    def ids_from(categories) -> list[int]:
+        return Predictor(fixed, icfg, categories).predict([image])[0].category_ids.tolist()
+
+    # save_model_final given the categories in file order (as the pipeline used to pass them)
+    weights = tmp_path / "model_final.pt"
+    save_model_final(weights, model, cfg, coco.categories)
+    _, _, cats = load_model_for_inference(weights)
+    assert [c["id"] for c in cats] == [1, 90] and [c["name"] for c in cats] == ["person", "zebra"]
+    assert ids_from(cats) == [90, 1]
+    # a model file written in file order (before categories were stored in label order) reads back right
+    state = torch.load(weights, weights_only=True)
+    state["categories"] = [dict(c) for c in UNSORTED_CATEGORIES]
+    old = tmp_path / "old_model_final.pt"
+    save_checkpoint(old, state)
+    _, _, cats = load_model_for_inference(old)
+    assert [c["id"] for c in cats] == [1, 90]
+    assert ids_from(cats) == [90, 1]
+    # the Predictor itself follows the label rule whatever order it is given
+    assert ids_from(UNSORTED_CATEGORIES) == [90, 1]
+    with pytest.raises(SniperError, match="duplicate category id"):
+        Predictor(fixed, icfg, [{"id": 3}, {"id": 3}])
+
+
+# ------------------------------------------------------------------ order: range filter, then merge
+
+
+class FixedProposals(torch.nn.Module):
+    """Stands in for the RPN: the same proposals (input px) for every image."""
+
+    def __init__(self, boxes):
+        super().__init__()
+        self.boxes = torch.tensor(boxes, dtype=torch.float32)
+
+    def forward(self, images, features, targets=None, need_proposals=True):
+        return [self.boxes.clone() for _ in images.image_sizes], None, {}
+
+
+def model_with_head_output(rois, num_classes=2, **model_cfg):
+    """A real SniperFasterRCNN whose RPN proposes ``rois`` [(box, probabilities incl. background)]
+    and whose box head predicts exactly those class probabilities with zero box deltas."""
+    from sniper.model import build_model
+
+    cfg = Config()
+
+    cfg.model.pretrained = False  # tests never need ImageNet weights
+    cfg.model.pretrained = False
+    cfg.model.fc_dim = 16
+    for k, v in model_cfg.items():
+        setattr(cfg.model, k, v)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes=num_classes).eval()
+    model.rpn = FixedProposals([b for b, _ in rois])
+    logits = torch.tensor([p for _, p in rois], dtype=torch.float32).clamp(min=1e-12).log()
+
+    def predict(features, proposals, pool_shapes):
+        n = sum(len(p) for p in proposals)
+        return logits.repeat(len(proposals), 1), torch.zeros(n, 4)
+
+    model.roi_heads.predict = predict
+    return model
+
+
+# One scale (factor 1, valid sqrt-area < 50). The head's top-k is 3 and its per-class NMS 0.5.
+RANGE_ROIS = [
+    ([0, 0, 80, 80], [0.0495, 0.95, 0.0005]),  # out of range, best scores: fill the head's top 3
+    ([100, 0, 180, 80], [0.0495, 0.95, 0.0005]),
+    ([200, 0, 280, 80], [0.0495, 0.95, 0.0005]),
+    ([0, 100, 55, 155], [0.0995, 0.9, 0.0005]),  # out of range (55 px); IoU 0.53 with the next box
+    ([0, 100, 40, 140], [0.1995, 0.8, 0.0005]),  # in range: hard NMS with the one above removes it
+    ([200, 200, 230, 230], [0.2995, 0.0005, 0.7]),  # in range, class 2, below the head's top 3
+]
+
+
+@pytest.mark.parametrize("merge", ["softnms", "nms"])
+@pytest.mark.parametrize("top_k", [3, 300])  # 3: both in-range boxes lost (top-k and NMS); 300: NMS
+def test_valid_range_filter_comes_before_the_heads_nms_and_top_k(merge, top_k):
+    model = model_with_head_output(RANGE_ROIS, box_detections_per_img=top_k, box_nms_thresh=0.5)
+    cfg = infer_cfg([Scale(factor=1.0, valid_range=(None, 50))], merge=merge)
+    det = Predictor(model, cfg, CATEGORIES[:2]).predict([np.zeros((300, 300, 3), np.uint8)])[0]
+    np.testing.assert_allclose(det.boxes, [[0, 100, 40, 140], [200, 200, 230, 230]], atol=1e-3)
+    np.testing.assert_allclose(det.scores, [0.8, 0.7], rtol=1e-4)
+    assert det.category_ids.tolist() == [3, 17]
+    # the model's own eval output (the contract) still applies the head's NMS and top-k
+    (out,) = model(torch.zeros(1, 3, 300, 300))
+    assert out["scores"].tolist() == pytest.approx([0.95] * 3 + ([0.9, 0.7] if top_k > 3 else []))
+
+
+def test_pre_merge_cap_applies_after_the_range_filter():
+    # 20 out-of-range 60 px boxes score above 3 in-range 20 px boxes; the cap keeps the best 2 in range
+    boxes = [[i * 70, 0, i * 70 + 60, 60] for i in range(20)]
+    boxes += [[i * 30, 100, i * 30 + 20, 120] for i in range(3)]
+    scores = [0.9] * 20 + [0.5, 0.7, 0.6]
+    model = FixedModel(boxes, scores, [1] * 23)
+    cfg = infer_cfg([Scale(factor=1.0, valid_range=(None, 50))], merge="nms", pre_merge_top_k=2)
+    det = Predictor(model, cfg, CATEGORIES).predict([np.zeros((200, 1500, 3), np.uint8)])[0]
+    np.testing.assert_allclose(det.scores, [0.7, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(det.boxes, [[30, 100, 50, 120], [60, 100, 80, 120]])
+
+
+def test_dense_detections_are_drawn_thin_with_a_legend():
+    from sniper.viz.detections import DENSE
+
+    img = np.zeros((200, 300, 3), np.uint8)
+    n = DENSE + 40
+    x = np.arange(n, dtype=np.float64) % 25 * 12
+    y = np.arange(n, dtype=np.float64) // 25 * 40
+    boxes = np.stack([x, y, x + 9, y + 30], axis=1)
+    classes = np.where(np.arange(n) % 3 == 0, 3, 17)
+    few = draw_detections(img, boxes[:DENSE], np.full(DENSE, 0.9), classes[:DENSE], {3: "cat", 17: "dog"})
+    many = draw_detections(img, boxes, np.full(n, 0.9), classes, {3: "cat", 17: "dog"})
+    assert few.size == (300, 200)  # labelled boxes, no legend
+    assert many.width == 300 and many.height > 200  # a legend strip below the image
+    a = np.asarray(many)
+    # thin boxes: the pixel just inside the first box's left edge stays black, no label tag over it
+    assert a[15, 0].any() and not a[15, 1].any() and not a[3, 3].any()
+    legend = a[200:]
+    assert legend.any()

@@ -10,6 +10,7 @@ from sniper.engine.evaluate import (
     evaluate_proposals,
     format_detection_table,
     format_proposal_table,
+    max_dets_for,
 )
 from sniper.io import atomic_write_json
 
@@ -44,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="N",
-        help="max detections per image (default 1 10 100; with --proposals: 300, e.g. 100 300 1000)",
+        help="max detections per image (default 1 10 100, plus a larger last value when an image holds "
+        "more than 100 objects; with --proposals: 300, e.g. 100 300 1000)",
     )
     p.add_argument(
         "--area-range",
@@ -73,10 +75,15 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_proposal_table(metrics))
     else:
+        max_dets = args.max_dets
+        if max_dets is None:
+            max_dets, note = max_dets_for(args.annotations)
+            if note:
+                print(note)
         metrics = evaluate_detections(
             args.annotations,
             args.detections,
-            max_dets=args.max_dets or [1, 10, 100],
+            max_dets=max_dets,
             area_ranges=areas,
             per_class=args.per_class,
         )

@@ -19,6 +19,7 @@ from sniper.runtime import tune_malloc
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-dataset": ("sniper.cli.make_dataset", "generate the embedded synthetic detection dataset"),
+    "plan": ("sniper.cli.plan", "derive chip size, scales, anchors and schedule from a dataset"),
     "chips": ("sniper.cli.chips", "mine positive/negative chips from COCO annotations"),
     "export": ("sniper.cli.export", "write chips as images + COCO JSON for any detector"),
     "train": ("sniper.cli.train", "run the SNIPER training pipeline"),

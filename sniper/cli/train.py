@@ -1,13 +1,17 @@
-"""Run the SNIPER training pipeline: RPN stage, proposals, negative chips, detector training.
+"""``sniper train``: the SNIPER training pipeline (RPN stage, proposals, negative chips, detector).
 
-Each stage is restartable: a rerun skips finished stages, and ``--resume`` continues an
-interrupted stage from its last checkpoint. Under ``torchrun --nproc_per_node N -m sniper train``
-every rank trains on its own shard of each epoch (DDP; gloo on CPU, NCCL on GPU).
+Without ``--config`` the config is planned from the training set first (``sniper plan``; saved in
+``RUN/plan/``, summary printed); ``--config paper_resnet101`` gives the paper's settings, and
+``--plan`` plans on top of a given ``--config``. Each stage is restartable: a rerun skips finished
+stages, and ``--resume`` continues an interrupted stage from its last checkpoint. Under
+``torchrun --nproc_per_node N -m sniper train`` every rank trains on its own shard of each epoch
+(DDP; gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from sniper.cli.args import add_config_arguments
@@ -19,16 +23,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (config, logs, checkpoints, model_final.pt)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="plan chips, scales, anchors and schedule from the data on top of --config "
+        "(the default when no --config is given)",
+    )
     add_config_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sniper.config import load_config
+    from sniper.config import apply_overrides, load_config
     from sniper.engine.pipeline import run_pipeline
 
-    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if args.config is None or args.plan:
+        from sniper.engine.planning import plan_annotations, save_plan
+
+        saved = out / "plan" / "config.yaml"
+        if saved.exists() and (args.resume or (out / "stages.json").exists()):
+            cfg = apply_overrides(load_config(saved), args.overrides)  # the run's own plan
+        else:
+            plan = plan_annotations(args.annotations, None if args.config is None else load_config(args.config))
+            cfg = apply_overrides(plan.config, args.overrides)
+            if is_main:
+                save_plan(plan, out / "plan")
+                print(plan.summary())
+                print(f"plan saved in {out / 'plan'}; the paper's settings instead: --config paper_resnet101")
+    else:
+        cfg = load_config(args.config, args.overrides)
     result = run_pipeline(
-        cfg, Path(args.annotations), Path(args.images), Path(args.out), resume=args.resume, device=args.device
+        cfg, Path(args.annotations), Path(args.images), out, resume=args.resume, device=args.device
     )
     if result.is_main:
         print(result.format())

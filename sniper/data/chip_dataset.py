@@ -13,6 +13,8 @@
   boxes          [N, 4] float32               valid GT, chip px (after flip)
   labels         [N] int64                    contiguous 1..C (``CocoDataset.label_of``)
   ignore_boxes   [M, 4] float32               every other GT touching the chip (crowd included)
+  ignore_labels  [M] int64                    per ignore box: 1..C for a non-crowd GT (out of
+                                              range, truncated, too small), 0 for crowd
   valid_range    [2] float32                  (lo, hi) sqrt-area in chip px; hi may be inf
   image_size     [2] int64                    (h, w) of the content (unpadded extent)
   image_id       int                          source image id
@@ -186,12 +188,15 @@ class ChipDataset(Dataset):
         w, h = chip.size_px()
         boxes = lab.boxes[lab.valid].astype(np.float32).reshape(-1, 4)
         ignore = lab.boxes[lab.ignore].astype(np.float32).reshape(-1, 4)
+        crowd = self.coco.annotations_at(int(self._image_pos[index])).iscrowd[lab.gt_index[lab.ignore]]
+        ignore_labels = np.where(crowd, 0, self.coco.label_of(lab.classes[lab.ignore])).astype(np.int64)
         if flip:
             boxes, ignore = flip_boxes(boxes, w), flip_boxes(ignore, w)
         target = {
             "boxes": boxes,
             "labels": self.coco.label_of(lab.classes[lab.valid]).astype(np.int64),
             "ignore_boxes": ignore,
+            "ignore_labels": ignore_labels,
             "valid_range": lab.valid_range.astype(np.float32),
             "image_size": np.array([h, w], dtype=np.int64),
             "image_id": image_id,

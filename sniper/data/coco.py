@@ -30,7 +30,9 @@ Bad-input policy (also in ``docs/data.md``):
 
 Category ids of any kind (0-based, sparse, large) map to contiguous labels 1..C in
 sorted id order (0 is background) and back, via :meth:`CocoDataset.label_of` and
-:meth:`CocoDataset.category_of`.
+:meth:`CocoDataset.category_of`. ``categories`` keeps the file's order; every list of
+categories that stands for the labels (``model_final.pt``, the Predictor) is in label order:
+:meth:`CocoDataset.categories_by_label` / :func:`categories_in_label_order`.
 
 ``load_results(path, dataset)`` reads COCO results-style JSON (proposals,
 detections) with the same policy.
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from sniper.boxes import xywh_to_xyxy
-from sniper.errors import CocoFormatError
+from sniper.errors import CocoFormatError, SniperError
 from sniper.io import read_json
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "ImageAnnotations",
     "ImageRecord",
     "LoadReport",
+    "categories_in_label_order",
     "load_coco",
     "load_results",
 ]
@@ -310,6 +313,10 @@ class CocoDataset:
             raise ValueError(f"unknown category id(s) {np.unique(ids[pos < 0])[:10].tolist()}")
         return (pos + 1).astype(np.int64)
 
+    def categories_by_label(self) -> list[dict[str, Any]]:
+        """``[{id, name}]`` in label order: label ``l`` (1..C) is entry ``l - 1``."""
+        return categories_in_label_order(self.categories)
+
     def category_of(self, labels: Iterable[int] | np.ndarray) -> np.ndarray:
         """Contiguous labels 1..C -> dataset category ids. Other labels raise ``ValueError``."""
         lab = np.asarray(labels, dtype=np.int64)
@@ -327,6 +334,18 @@ class CocoDataset:
             "crowd": int(self._crowd.sum()),
             "categories": self.num_classes,
         }
+
+
+def categories_in_label_order(categories: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``[{id, name}]`` (int id, str name defaulting to the id) sorted by id: the label order of
+    :meth:`CocoDataset.label_of`, so label ``l`` is entry ``l - 1``. Repeated ids raise
+    :class:`~sniper.errors.SniperError`."""
+    out = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories]
+    out.sort(key=lambda c: c["id"])
+    for a, b in itertools.pairwise(out):
+        if a["id"] == b["id"]:
+            raise SniperError(f"duplicate category id {a['id']} in {[c['id'] for c in out][:10]}")
+    return out
 
 
 # ------------------------------------------------------------------ loading

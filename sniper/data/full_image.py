@@ -15,6 +15,7 @@ it is the full image pyramid (every training scale of ``cfg.chips.scales``). An 
   labels         [N] int64                    contiguous 1..C (``CocoDataset.label_of``)
   ignore_boxes   [M, 4] float32               crowd; in pyramid mode also out-of-range GT;
                                               boxes with a scaled side < ``min_box_size``
+  ignore_labels  [M] int64                    per ignore box: 1..C for a non-crowd GT, 0 for crowd
   valid_range    [2] float32                  ``[0, inf]`` single-scale; ``(lo, hi) x f`` of the
                                               scale in pyramid mode (SNIP-style training)
   image_size     [2] int64                    (h, w) unpadded extent (pass as ``image_sizes``)
@@ -140,13 +141,17 @@ class FullImageDataset(Dataset):
         # An ignore region needs positive area; a box that vanished after scaling ignores nothing.
         has_area = (sides > 0).all(axis=1)
         boxes = sb[valid].astype(np.float32).reshape(-1, 4)
-        ignore = sb[~valid & has_area].astype(np.float32).reshape(-1, 4)
+        ignored = ~valid & has_area
+        ignore = sb[ignored].astype(np.float32).reshape(-1, 4)
+        crowd = np.asarray(ann.iscrowd, dtype=bool)[ignored]
+        ignore_labels = np.where(crowd, 0, self.coco.label_of(ann.category_ids[ignored])).astype(np.int64)
         if flip:
             boxes, ignore = flip_boxes(boxes, w), flip_boxes(ignore, w)
         return {
             "boxes": torch.from_numpy(boxes),
             "labels": torch.from_numpy(self.coco.label_of(ann.category_ids[valid]).astype(np.int64)),
             "ignore_boxes": torch.from_numpy(ignore),
+            "ignore_labels": torch.from_numpy(ignore_labels),
             "valid_range": torch.tensor(vr, dtype=torch.float32),
             "image_size": torch.tensor([h, w], dtype=torch.int64),
             "image_id": int(rec.id),

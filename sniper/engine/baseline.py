@@ -51,14 +51,14 @@ def train_full_image(
         dataset, cfg.train.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, flip=cfg.data.flip
     )
     train_cfg = cfg.train
-    epochs = cfg.train.epochs
+    epochs, iterations = cfg.train.epochs, cfg.train.iterations
     if time_budget_s is not None:
-        train_cfg = replace(cfg.train, time_budget_s=time_budget_s, lr_steps=[])
-        epochs = 10_000  # the budget ends the stage
+        train_cfg = replace(cfg.train, time_budget_s=time_budget_s, lr_steps=[], lr_steps_iters=None)
+        epochs, iterations = 10_000, None  # the budget ends the stage
     model = build_model(cfg.model, num_classes=coco.num_classes).to(device)
-    spec = StageSpec(stage_name, epochs=epochs, lr=cfg.train.lr)
+    spec = StageSpec(stage_name, epochs=epochs, lr=cfg.train.lr, iterations=iterations)
     result = train_stage(model, source, spec, train_cfg, run_dir, device=device)
-    categories = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in coco.categories]
+    categories = coco.categories_by_label()  # label order, as model files store them
     final = run_dir / "model_final.pt"
     save_model_final(final, model, cfg, categories)
     return final, result

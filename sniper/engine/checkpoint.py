@@ -6,6 +6,12 @@ Two kinds:
   scaler, progress and RNG states, so that ``--resume`` continues exactly;
 - the inference model (``RUN_DIR/model_final.pt``): model weights, the resolved config and the
   dataset's categories, everything ``sniper predict`` needs.
+
+The categories of a model file (``[{id, name}]``) are in LABEL order: model label ``l`` (1..C) is
+entry ``l - 1``. Labels are the dataset's category ids in increasing order
+(``CocoDataset.label_of``), whatever order the COCO file lists them in, so
+``save_model_final`` stores them sorted by id and ``load_model_for_inference`` returns them
+sorted by id (which also reads files written in file order by older versions correctly).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import torch
 
 from sniper.config import Config, _from_dict, to_dict
+from sniper.data.coco import categories_in_label_order
 from sniper.errors import SniperError
 from sniper.io import atomic_path
 
@@ -41,14 +48,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def save_model_final(path: str | Path, model: torch.nn.Module, cfg: Config, categories: list[dict]) -> None:
-    """The inference artefact: weights + resolved config + categories (dataset ids and names)."""
+    """The inference artefact: weights + resolved config + categories (dataset ids and names),
+    stored in label order (sorted by id, see the module docstring)."""
     module = getattr(model, "module", model)  # unwrap DDP
     state = {
         "format": MODEL_FORMAT,
         "version": 1,
         "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         "config": to_dict(cfg),
-        "categories": [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories],
+        "categories": categories_in_label_order(categories),
     }
     save_checkpoint(path, state)
 
@@ -57,14 +65,14 @@ def load_model_for_inference(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Config, list[dict]]:
     """Rebuild the model from ``model_final.pt`` (or a training checkpoint that carries config and
-    categories). Returns ``(model in eval mode, config, categories)``."""
+    categories). Returns ``(model in eval mode, config, categories in label order)``."""
     from sniper.model import build_model
 
     state = load_checkpoint(path, map_location)
     if "model" not in state or "config" not in state or "categories" not in state:
         raise SniperError(f"{path}: not a sniper model file (needs 'model', 'config' and 'categories')")
     cfg = _from_dict(Config, state["config"])
-    categories = list(state["categories"])
+    categories = categories_in_label_order(state["categories"])
     cfg.model.pretrained = False  # the weights come from the file
     model = build_model(cfg.model, num_classes=len(categories))
     missing, unexpected = model.load_state_dict(state["model"], strict=False)

@@ -89,7 +89,7 @@ def run_demo(
     from sniper.data.synthetic import make_dataset
     from sniper.engine.baseline import SINGLE_SCALE_800, train_full_image
     from sniper.engine.distributed import pick_device
-    from sniper.engine.evaluate import evaluate_detections
+    from sniper.engine.evaluate import evaluate_detections, max_dets_for
     from sniper.engine.pipeline import run_pipeline
     from sniper.engine.predict_run import predict_to_folder
     from sniper.io import atomic_write_json
@@ -142,7 +142,7 @@ def run_demo(
                 name, predict_to_folder, weights, val_json, out_dir, image_root=image_root, overrides=extra,
                 device=dev.type, visualize=4,
             )  # fmt: skip
-        return evaluate_detections(val_json, out_dir / "detections.json")
+        return evaluate_detections(val_json, out_dir / "detections.json", max_dets=max_dets_for(val_json)[0])
 
     sniper_metrics = predict_and_evaluate("sniper_inference", result.model_path, sniper_pred)
 

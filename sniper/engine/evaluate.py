@@ -264,6 +264,29 @@ def _area_key(prefix: str, name: str) -> str:
     return prefix + _SHORT[name] if name in _SHORT else f"{prefix}_{name}"
 
 
+COCO_MAX_DETS = (1, 10, 100)
+
+
+def max_dets_for(gt: PathOrDict) -> tuple[list[int], str | None]:
+    """Max detections per image for ``gt``: COCO's (1, 10, 100), plus a larger last value when
+    images hold more objects than 100 (AP is computed at the last value, and 100 would cap
+    recall); a note saying so, or None."""
+    data = load_ground_truth(gt)
+    counts: dict[Any, int] = {}
+    for a in data.get("annotations", []):
+        if not a.get("iscrowd", 0):
+            counts[a.get("image_id")] = counts.get(a.get("image_id"), 0) + 1
+    most = max(counts.values(), default=0)
+    if most <= COCO_MAX_DETS[-1]:
+        return list(COCO_MAX_DETS), None
+    top = int(math.ceil(1.2 * most / 100.0) * 100)
+    note = (
+        f"note: up to {most} objects in one image, more than COCO's 100 detections: "
+        f"AP is computed with up to {top} detections per image (--max-dets to choose)"
+    )
+    return [*COCO_MAX_DETS, top], note
+
+
 def evaluate_detections(
     gt: PathOrDict,
     dets: PathOrList,

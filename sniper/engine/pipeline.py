@@ -80,7 +80,8 @@ class PipelineResult:
 
 
 def _categories(coco: Any) -> list[dict]:
-    return [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in coco.categories]
+    """The categories stored in the model files: label order (sorted ids), not file order."""
+    return coco.categories_by_label()
 
 
 def _chip_source(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, negatives: bool):
@@ -138,18 +139,35 @@ def _wrap(model: torch.nn.Module, device: torch.device, dist_info: DistInfo, rpn
     )
 
 
+def _warn_if_short(cfg: Config, batches_per_epoch: int, world_size: int) -> None:
+    """One line when the detector schedule is far below the floor under which little is learned."""
+    from sniper.data.planner import MIN_CHIPS_SEEN
+
+    t = cfg.train
+    iters = t.iterations if t.iterations is not None else t.epochs * batches_per_epoch
+    if t.max_iters is not None:
+        iters = min(iters, t.max_iters)
+    chips = iters * t.batch_size * max(1, world_size)
+    if chips < MIN_CHIPS_SEEN / 2 and not t.time_budget_s:
+        print(
+            f"warning: the detector trains on {chips} chips ({iters} iterations of {t.batch_size}); below about "
+            f"{MIN_CHIPS_SEEN} chips little is learned: set train.iterations, or plan it (sniper plan)"
+        )
+
+
 def _train(
     name: str, model, source, cfg: Config, run_dir: Path, device, dist_info, resume: bool, rpn_only: bool, **kw
 ):
     epochs = cfg.train.rpn_epochs if rpn_only else cfg.train.epochs
+    iterations = cfg.train.rpn_iterations if rpn_only else cfg.train.iterations
     lr = (cfg.train.rpn_lr or cfg.train.lr) if rpn_only else cfg.train.lr
-    spec = StageSpec(name, epochs=epochs, lr=lr, rpn_only=rpn_only)
+    spec = StageSpec(name, epochs=epochs, lr=lr, rpn_only=rpn_only, iterations=iterations)
     train_cfg = cfg.train
     if rpn_only:
         # The short RPN schedule uses a fixed learning rate (paper §4): no step decay.
         from dataclasses import replace
 
-        train_cfg = replace(cfg.train, lr_steps=[])
+        train_cfg = replace(cfg.train, lr_steps=[], lr_steps_iters=None)
     return train_stage(
         model,
         source,
@@ -259,6 +277,8 @@ def run_pipeline(
             if cfg.train.init_from_rpn and cfg.train.negatives:
                 model.load_state_dict(load_checkpoint(rpn_path, map_location=dev)["model"])
             source = _chip_source(coco, table, image_root, cfg, dist_info, negatives=cfg.train.negatives)
+            if dist_info.is_main:
+                _warn_if_short(cfg, source.batches_per_epoch(), dist_info.world_size)
             result = _train(
                 "detector", model, source, cfg, run_dir, dev, dist_info, resume, False, interrupt_after=interrupt_after
             )

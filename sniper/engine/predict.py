@@ -2,10 +2,15 @@
 
 For every scale of ``cfg.infer.scales`` each image is resized (never cropped unless it is too
 large, see below), images are batched with zero padding and ``image_sizes``, and the model's
-boxes are mapped back to ORIGINAL pixels with the exact per-axis factor of the resize. A
-scale keeps only detections whose ``sqrt(w * h)`` in original pixels lies in its valid range;
-the survivors of all scales are merged per class by ``sniper.ops.merge`` (Gaussian Soft-NMS,
-or NMS), at most ``max_detections`` per image.
+boxes are mapped back to ORIGINAL pixels with the exact per-axis factor of the resize. As in
+the authors' code, the order is: the model returns every detection above its score threshold
+(``raw_detections=True``: no per-class NMS, no top-k in the head, so out-of-range boxes can
+neither take the slots nor suppress in-range ones); a scale keeps only detections whose
+``sqrt(w * h)`` in original pixels lies in its valid range, at most ``pre_merge_top_k`` of them
+(the best; bounds memory); the survivors of all scales are merged per class by
+``sniper.ops.merge`` (Gaussian Soft-NMS, or one hard NMS over all scales with ``merge: nms``),
+at most ``max_detections`` per image. A model without ``supports_raw_detections`` (any other
+detector following the model contract) is called plainly and its output taken as it comes.
 
 Tiling. An image whose scaled size exceeds ``max_pixels_per_pass`` pixels is run as a grid of
 overlapping windows (the same window size for all, one batch of windows at a time, each window
@@ -311,8 +316,9 @@ class _Found:
 class Predictor:
     """Pyramid inference with a detector that follows the model contract.
 
-    ``categories`` are the dataset's ``[{id, name}]`` in label order (model label ``l`` is
-    ``categories[l - 1]``), as stored in ``model_final.pt``. With ``fuse_bn`` (default), a model
+    ``categories`` are the dataset's ``[{id, name}]``, e.g. as stored in ``model_final.pt``. Model
+    label ``l`` is the ``l``-th category in increasing id order (the rule of
+    ``CocoDataset.label_of``), whatever order they are given in. With ``fuse_bn`` (default), a model
     with BatchNorms after convs is run as an eval-mode copy with those norms folded in.
     """
 
@@ -326,6 +332,7 @@ class Predictor:
         batch_size: int | None = None,
         fuse_bn: bool = True,
     ) -> None:
+        from sniper.data.coco import categories_in_label_order
         from sniper.model.fuse import fuse_conv_bn, has_foldable_norms
         from sniper.ops.merge import build_merge
 
@@ -336,7 +343,7 @@ class Predictor:
             model = fuse_conv_bn(model)
         self.model = model.to(self.device).eval()
         self.cfg = infer_cfg
-        self.categories = list(categories)
+        self.categories = categories_in_label_order(categories)
         self.batch_size = int(batch_size or infer_cfg.batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
@@ -358,7 +365,10 @@ class Predictor:
             for scale, f in zip(self.cfg.scales, per_scale):
                 boxes, scores, labels = f.cat(self.device)
                 boxes = self._to_original(boxes, im)
-                keep = _in_range(boxes, scale)
+                keep = torch.where(_in_range(boxes, scale))[0]
+                top = self.cfg.pre_merge_top_k
+                if top is not None and len(keep) > top:  # the best in range (ties: earlier first)
+                    keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices[:top]]
                 parts.append((boxes[keep], scores[keep], labels[keep]))
             merged = self.merge(
                 {
@@ -392,7 +402,10 @@ class Predictor:
     # -------------------------------------------------------------- internals
 
     def _detect(self, batch: torch.Tensor, sizes: list[tuple[int, int]]):
-        outs = self.model(batch, image_sizes=sizes)
+        if getattr(self.model, "supports_raw_detections", False):  # no NMS / top-k before the range filter
+            outs = self.model(batch, image_sizes=sizes, raw_detections=True)
+        else:
+            outs = self.model(batch, image_sizes=sizes)
         return [(o["boxes"], o["scores"], o["labels"]) for o in outs]
 
     def _propose(self, batch: torch.Tensor, sizes: list[tuple[int, int]]):

@@ -49,6 +49,7 @@ class StageSpec:
     epochs: int
     lr: float
     rpn_only: bool = False
+    iterations: int | None = None  # the stage's length in iterations instead of epochs
 
 
 @dataclass
@@ -79,8 +80,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
 
 
 def build_lr_lambda(cfg: TrainConfig, iters_per_epoch: int) -> Callable[[int], float]:
-    """Linear warm-up from ``warmup_factor`` over ``warmup_iters``, then x``lr_gamma`` at each step."""
-    steps = sorted(int(round(s * iters_per_epoch)) for s in cfg.lr_steps)
+    """Linear warm-up from ``warmup_factor`` over ``warmup_iters``, then x``lr_gamma`` at each step
+    (``lr_steps_iters`` in iterations when set, else ``lr_steps`` in epochs)."""
+    if cfg.lr_steps_iters is not None:
+        steps = sorted(int(s) for s in cfg.lr_steps_iters)
+    else:
+        steps = sorted(int(round(s * iters_per_epoch)) for s in cfg.lr_steps)
 
     def factor(it: int) -> float:
         f = cfg.lr_gamma ** sum(it >= s for s in steps)
@@ -265,7 +270,9 @@ def train_stage(
     iters_per_epoch = source.batches_per_epoch()
     if iters_per_epoch <= 0:
         raise SniperError(f"stage '{spec.name}': no training batches (no chips? batch size larger than the data?)")
-    total_iters = iters_per_epoch * spec.epochs
+    total_iters = iters_per_epoch * spec.epochs if spec.iterations is None else int(spec.iterations)
+    if total_iters <= 0:
+        raise SniperError(f"stage '{spec.name}': the schedule has no iterations (epochs or iterations must be > 0)")
     if cfg.max_iters is not None:
         total_iters = min(total_iters, cfg.max_iters)
 

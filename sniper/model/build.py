@@ -10,7 +10,7 @@ from sniper.config import ModelConfig
 from sniper.errors import SniperError
 from sniper.model.backbones import SniperBackbone, build_backbone
 from sniper.model.detector import SniperFasterRCNN
-from sniper.model.roi_heads import SniperBoxPredictor, SniperRoIHeads
+from sniper.model.roi_heads import ROI_MATCH, SniperBoxPredictor, SniperRoIHeads
 from sniper.model.rpn import Fp32AnchorGenerator, SniperRPN, SniperRPNHead
 
 __all__ = ["build_anchor_generator", "build_model"]
@@ -38,6 +38,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
     """SNIPER Faster R-CNN for ``num_classes`` object classes (background excluded)."""
     if num_classes < 1:
         raise SniperError(f"num_classes must be >= 1, got {num_classes}")
+    if cfg.roi_match not in ROI_MATCH:
+        raise SniperError(f"model.roi_match must be one of {', '.join(ROI_MATCH)}, got {cfg.roi_match!r}")
     backbone = build_backbone(cfg)
     anchors = build_anchor_generator(cfg, backbone)
     rpn = SniperRPN(
@@ -67,6 +69,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
+        roi_match=cfg.roi_match,
     )
     model = SniperFasterRCNN(backbone, rpn, roi_heads, num_classes, norm=cfg.norm)
     if cfg.channels_last:

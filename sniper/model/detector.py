@@ -29,9 +29,17 @@ class SniperFasterRCNN(nn.Module):
         right/bottom to the backbone's ``size_divisible`` (coordinates unchanged).
       - image_sizes: ``[(h, w)]`` unpadded extent per image (default: the full tensor).
       - training: ``targets`` (one dict per image: ``boxes``, ``labels``, ``ignore_boxes``,
-        ``valid_range``) -> dict of losses; only the RPN's when ``rpn_only``.
-      - eval: list of ``{"boxes", "scores", "labels"}`` in input px, clipped to image_sizes.
+        ``ignore_labels``, ``valid_range``) -> dict of losses; only the RPN's when ``rpn_only``.
+        ``ignore_labels`` (optional, default 0): per ignore box the class 1..C of an invalid
+        non-crowd GT (the head may match it, ``roi_match: all_gt``), 0 for crowd.
+      - eval: list of ``{"boxes", "scores", "labels"}`` in input px, clipped to image_sizes,
+        after the head's per-class NMS and top ``box_detections_per_img``; with
+        ``raw_detections=True`` every (RoI, class) above ``box_score_thresh`` instead, by
+        decreasing score, for callers that filter and merge themselves (the pyramid Predictor).
     """
+
+    # Predictor: this model can return detections before NMS (``raw_detections=True``).
+    supports_raw_detections = True
 
     def __init__(
         self,
@@ -92,6 +100,12 @@ class SniperFasterRCNN(nn.Module):
                 if ignore is None
                 else torch.as_tensor(ignore, dtype=torch.float32, device=device).reshape(-1, 4)
             )
+            ignore_labels = t.get("ignore_labels")
+            ignore_labels = (
+                torch.zeros(ignore.shape[0], dtype=torch.int64, device=device)
+                if ignore_labels is None
+                else torch.as_tensor(ignore_labels, dtype=torch.int64, device=device).reshape(-1)
+            )
             vr = t.get("valid_range")
             vr = (
                 torch.tensor([0.0, math.inf], device=device)
@@ -110,7 +124,24 @@ class SniperFasterRCNN(nn.Module):
                 raise SniperError(
                     f"target {i}: labels must be in 1..{self.num_classes}, got {labels.tolist()[:10]}"
                 )
-            out.append({"boxes": boxes, "labels": labels, "ignore_boxes": ignore, "valid_range": vr})
+            if ignore_labels.numel() != ignore.shape[0]:
+                raise SniperError(
+                    f"target {i}: {ignore.shape[0]} ignore boxes but {ignore_labels.numel()} ignore_labels"
+                )
+            if ignore_labels.numel() and (ignore_labels.min() < 0 or ignore_labels.max() > self.num_classes):
+                raise SniperError(
+                    f"target {i}: ignore_labels must be in 0..{self.num_classes} (0 = crowd), "
+                    f"got {ignore_labels.tolist()[:10]}"
+                )
+            out.append(
+                {
+                    "boxes": boxes,
+                    "labels": labels,
+                    "ignore_boxes": ignore,
+                    "ignore_labels": ignore_labels,
+                    "valid_range": vr,
+                }
+            )
         return out
 
     # ------------------------------------------------------------ forward
@@ -120,6 +151,8 @@ class SniperFasterRCNN(nn.Module):
         images: Tensor,
         targets: list[dict[str, Tensor]] | None = None,
         image_sizes: list[tuple[int, int]] | None = None,
+        *,
+        raw_detections: bool = False,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         image_list = self.preprocess(images, image_sizes)
         if self.training:
@@ -135,7 +168,7 @@ class SniperFasterRCNN(nn.Module):
         head_feats = OrderedDict((k, feats[k]) for k in self.backbone.head_features)
         pool_shapes = [tuple(image_list.tensors.shape[-2:])] * images.shape[0]
         detections, head_losses = self.roi_heads(
-            head_feats, proposals, image_list.image_sizes, targets, pool_shapes
+            head_feats, proposals, image_list.image_sizes, targets, pool_shapes, raw_detections=raw_detections
         )
         if self.training:
             return {**losses, **head_losses}

@@ -4,11 +4,20 @@ Training, per chip (``select_training_samples``):
 1. proposals whose size sqrt(area) lies outside the chip's ``valid_range`` are dropped, then
    the best ``proposals_per_image`` (300) are kept;
 2. the valid GT boxes are appended;
-3. a RoI is foreground iff IoU > ``fg_iou_thresh`` (strictly) with a valid GT, else background;
+3. a RoI is foreground iff IoU > ``fg_iou_thresh`` (strictly) with a GT, else background. With
+   ``roi_match="all_gt"`` (default, the paper: "a large ground-truth box which is cropped could
+   generate a valid proposal") that is any non-crowd GT in the chip, valid or not (the invalid
+   ones are the ignore boxes with ``ignore_labels`` > 0); with ``"valid_gt"`` only the valid GT.
+   A crowd box (``ignore_labels`` 0, the default) never makes a RoI foreground;
 4. a background RoI with IoU > ``ignore_iou_thresh`` against an ignore box is excluded (-1);
 5. all remaining RoIs are used (the paper), or torchvision's balanced sampler picks
    ``batch_size_per_image`` of them.
 Softmax cross entropy; class-agnostic or per-class box regression; fp32 predictor and losses.
+
+Inference (``postprocess_detections``): every (RoI, class) with score > ``score_thresh``, then
+torchvision's per-class NMS at ``nms_thresh`` and the best ``detections_per_img``; with
+``raw=True`` neither of the two (all candidates by decreasing score), for callers that filter
+and merge themselves (the pyramid Predictor: valid range first, then one Soft-NMS over scales).
 """
 
 from __future__ import annotations
@@ -19,10 +28,14 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
 
 from sniper.model.rpn import ignored_by
 
-__all__ = ["SniperBoxPredictor", "SniperRoIHeads", "StrictMatcher"]
+__all__ = ["ROI_MATCH", "SniperBoxPredictor", "SniperRoIHeads", "StrictMatcher"]
+
+# Which GT a RoI may be foreground against: every non-crowd GT in the chip, or only the valid GT.
+ROI_MATCH = ("all_gt", "valid_gt")
 
 
 class StrictMatcher(det_utils.Matcher):
@@ -64,7 +77,8 @@ class SniperRoIHeads(RoIHeads):
     """RoIHeads with SNIPER's label assignment (see module docstring).
 
     ``batch_size_per_image=None`` uses every RoI (the paper); an int uses torchvision's
-    BalancedPositiveNegativeSampler with ``positive_fraction``.
+    BalancedPositiveNegativeSampler with ``positive_fraction``. ``roi_match``: ``"all_gt"``
+    (the paper) or ``"valid_gt"``, see the module docstring.
     """
 
     def __init__(
@@ -82,7 +96,10 @@ class SniperRoIHeads(RoIHeads):
         score_thresh: float,
         nms_thresh: float,
         detections_per_img: int,
+        roi_match: str = "all_gt",
     ) -> None:
+        if roi_match not in ROI_MATCH:
+            raise ValueError(f"unknown roi_match {roi_match!r}; valid: {', '.join(ROI_MATCH)}")
         super().__init__(
             box_roi_pool,
             box_head,
@@ -101,6 +118,7 @@ class SniperRoIHeads(RoIHeads):
         self.sample_all = batch_size_per_image is None
         self.proposals_per_image = proposals_per_image
         self.class_agnostic = box_predictor.class_agnostic
+        self.roi_match = roi_match
 
     # ------------------------------------------------------------ training samples
 
@@ -125,6 +143,24 @@ class SniperRoIHeads(RoIHeads):
         for p, lab, t in zip(proposals, labels, targets):
             lab[(lab == 0) & ignored_by(p, t["ignore_boxes"], self.ignore_iou_thresh)] = -1
 
+    def match_targets(
+        self, targets: list[dict[str, Tensor]], dtype: torch.dtype
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image the GT boxes and labels RoIs are matched against: the valid GT, then (with
+        ``all_gt``) the ignore boxes of non-crowd GT (``ignore_labels`` > 0)."""
+        boxes = [t["boxes"].to(dtype) for t in targets]
+        labels = [t["labels"] for t in targets]
+        if self.roi_match == "valid_gt":
+            return boxes, labels
+        for i, t in enumerate(targets):
+            ignore_labels = t.get("ignore_labels")
+            if ignore_labels is None:
+                continue
+            invalid = ignore_labels > 0
+            boxes[i] = torch.cat([boxes[i], t["ignore_boxes"][invalid].to(dtype)])
+            labels[i] = torch.cat([labels[i], ignore_labels[invalid].to(labels[i].dtype)])
+        return boxes, labels
+
     def subsample(self, labels: list[Tensor]) -> list[Tensor]:
         if self.sample_all:
             return [torch.where(lab >= 0)[0] for lab in labels]
@@ -135,10 +171,10 @@ class SniperRoIHeads(RoIHeads):
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
         self.check_targets(targets)
         assert targets is not None
-        gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
-        gt_labels = [t["labels"] for t in targets]
+        valid_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
+        gt_boxes, gt_labels = self.match_targets(targets, proposals[0].dtype)
 
-        proposals = self.add_gt_proposals(self.filter_proposals(proposals, targets), gt_boxes)
+        proposals = self.add_gt_proposals(self.filter_proposals(proposals, targets), valid_boxes)
         matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
         self.mark_ignored(proposals, labels, targets)
         sampled_inds = self.subsample(labels)
@@ -187,10 +223,31 @@ class SniperRoIHeads(RoIHeads):
         box_regression: Tensor,
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
+        raw: bool = False,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per image (boxes, scores, labels 1..C), clipped, score > ``score_thresh``, non-empty;
+        then per-class NMS and the top ``detections_per_img`` unless ``raw``."""
         if self.class_agnostic:  # the same box for every class
             box_regression = box_regression.repeat(1, class_logits.shape[-1])
-        return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        if not raw:
+            return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        # torchvision's steps without NMS and top-k, then sorted by score (as NMS leaves them)
+        num_classes = class_logits.shape[-1]
+        per_image = [len(p) for p in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, proposals).split(per_image, 0)
+        pred_scores = F.softmax(class_logits, -1).split(per_image, 0)
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, shape in zip(pred_boxes, pred_scores, image_shapes):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
+            labels = torch.arange(1, num_classes, device=scores.device).expand(len(scores), -1).reshape(-1)
+            scores = scores[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
+            keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep])
+        return all_boxes, all_scores, all_labels
 
     def predict(
         self, features: dict[str, Tensor], proposals: list[Tensor], pool_shapes: list[tuple[int, int]]
@@ -206,9 +263,11 @@ class SniperRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
         pool_shapes: list[tuple[int, int]] | None = None,
+        raw_detections: bool = False,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Losses in training, else detections clipped to ``image_shapes``. ``pool_shapes``
-        (the padded batch size) fixes the RoIAlign scale; defaults to ``image_shapes``."""
+        """Losses in training, else detections clipped to ``image_shapes`` (``raw_detections``:
+        without NMS and top-k, see ``postprocess_detections``). ``pool_shapes`` (the padded
+        batch size) fixes the RoIAlign scale; defaults to ``image_shapes``."""
         pool_shapes = pool_shapes or image_shapes
         if self.training:
             proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
@@ -219,6 +278,6 @@ class SniperRoIHeads(RoIHeads):
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         class_logits, box_regression = self.predict(features, proposals, pool_shapes)
         boxes, scores, labels = self.postprocess_detections(
-            class_logits, box_regression, proposals, image_shapes
+            class_logits, box_regression, proposals, image_shapes, raw=raw_detections
         )
         return [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)], {}

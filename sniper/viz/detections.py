@@ -9,7 +9,9 @@ from PIL import Image, ImageDraw
 
 from sniper.viz.draw import as_pil, class_colour, draw_box, font
 
-__all__ = ["draw_detections", "select_for_drawing"]
+__all__ = ["DENSE", "draw_detections", "select_for_drawing"]
+
+DENSE = 60  # above this many boxes in a picture: thin boxes, no tags, a legend
 
 
 def select_for_drawing(scores: np.ndarray, score_thresh: float = 0.3, top_k: int | None = None) -> np.ndarray:
@@ -38,22 +40,50 @@ def draw_detections(
     *,
     score_thresh: float = 0.3,
     top_k: int | None = None,
+    dense: int = DENSE,
 ) -> Image.Image:
     """A copy of ``image`` with boxes (xyxy, image px) drawn, best on top.
 
     ``classes`` are keys into ``names`` (dataset category ids with a dict, or indices into a
     list); the colour follows the class. Shown: the ``top_k`` best detections if given,
-    otherwise those scoring above ``score_thresh``.
+    otherwise those scoring above ``score_thresh``. Above ``dense`` boxes the scene is drawn
+    for reading, not labelling: one-pixel boxes without tags, and a legend strip below the
+    image (colour, class, count).
     """
     im = as_pil(image)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     classes = np.asarray(classes).reshape(-1)
+    shown = select_for_drawing(scores, score_thresh, top_k)
     draw = ImageDraw.Draw(im)
     label_font = font(max(10, round(min(im.size) / 40)))
-    width = max(1, round(min(im.size) / 300))
-    for i in select_for_drawing(scores, score_thresh, top_k)[::-1]:  # best drawn last, on top
+    crowded = len(shown) > dense
+    width = 1 if crowded else max(1, round(min(im.size) / 300))
+    for i in shown[::-1]:  # best drawn last, on top
         c = int(classes[i])
-        draw_box(draw, boxes[i], class_colour(c), width=width, label=f"{_name(names, c)} {scores[i]:.2f}",
-                 label_font=label_font)  # fmt: skip
-    return im
+        label = None if crowded else f"{_name(names, c)} {scores[i]:.2f}"
+        draw_box(draw, boxes[i], class_colour(c), width=width, label=label, label_font=label_font)
+    if not crowded:
+        return im
+    counts: dict[int, int] = {}
+    for i in shown:
+        counts[int(classes[i])] = counts.get(int(classes[i]), 0) + 1
+    return _with_legend(im, counts, names, label_font, len(shown))
+
+
+def _with_legend(im: Image.Image, counts: dict[int, int], names, label_font, total: int) -> Image.Image:
+    """``im`` above a strip with one line per class: its colour, name and how many boxes."""
+    items = sorted(counts.items(), key=lambda kv: -kv[1])
+    probe = ImageDraw.Draw(im)
+    line = probe.textbbox((0, 0), "Ag", font=label_font)[3] + 6
+    strip = line * (len(items) + 1) + 6
+    out = Image.new("RGB", (im.width, im.height + strip), (20, 20, 20))
+    out.paste(im, (0, 0))
+    d = ImageDraw.Draw(out)
+    y = im.height + 4
+    d.text((6, y), f"{total} detections (boxes only above {DENSE}; colour = class)", fill=(255, 255, 255), font=label_font)
+    for c, n in items:
+        y += line
+        d.rectangle([6, y + 2, 6 + line - 6, y + line - 4], fill=class_colour(c))
+        d.text((6 + line, y), f"{_name(names, c)}: {n}", fill=(255, 255, 255), font=label_font)
+    return out

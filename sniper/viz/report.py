@@ -49,6 +49,7 @@ class ReportData:
     stage_times: dict[str, float] = field(default_factory=dict)
     stage_parts: dict[str, dict[str, float]] = field(default_factory=dict)
     chip_images: list[Picture] = field(default_factory=list)
+    plots: list[tuple[str, list[Picture]]] = field(default_factory=list)  # (section title, plots)
     loss_curves: list[Picture] = field(default_factory=list)
     detections: list[Picture] = field(default_factory=list)
     ap: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -230,6 +231,8 @@ def render_html(data: ReportData) -> str:
         parts += ["<h2>Summary</h2>", *summary]
     if data.chip_images:
         parts += ["<h2>Chips</h2>", _figures(data.chip_images, photo=True)]
+    for title, pictures in data.plots:
+        parts += [f"<h2>{_e(title)}</h2>", _figures(pictures, photo=False)]
     if data.loss_curves:
         parts += ["<h2>Loss curves</h2>", _figures(data.loss_curves, photo=False)]
     if data.detections:
@@ -246,8 +249,8 @@ def render_html(data: ReportData) -> str:
     return "\n".join(parts)
 
 
-def write_report(out_dir: str | os.PathLike[str], data: ReportData) -> Path:
-    """Write ``out_dir/report.html`` (atomically) and return its path."""
-    path = Path(out_dir) / "report.html"
+def write_report(out_dir: str | os.PathLike[str], data: ReportData, *, name: str = "report.html") -> Path:
+    """Write ``out_dir/name`` (atomically) and return its path."""
+    path = Path(out_dir) / name
     atomic_write_text(path, render_html(data))
     return path
