@@ -170,7 +170,7 @@ def datasets(draw):
     n_img = draw(st.integers(1, 4))
     images, boxes = [], []
     for _ in range(n_img):
-        w, h = draw(st.integers(64, 3000)), draw(st.integers(64, 3000))
+        w, h = draw(st.integers(64, 2500)), draw(st.integers(64, 2500))
         bs = []
         for _ in range(draw(st.integers(1, 25))):
             bw = draw(st.floats(1.0, float(w)))

@@ -1,11 +1,18 @@
-"""The synthetic dataset: determinism, valid COCO, and the scene properties SNIPER needs."""
+"""The synthetic dataset: determinism, valid COCO, and the scene properties SNIPER needs.
 
+Both presets run through the property tests; the aerial ones use 2 full-size images (each
+2000-5000 px a side), made once per module.
+"""
+
+import hashlib
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,19 +21,57 @@ from PIL import Image
 from sniper.boxes import iou_matrix, xywh_to_xyxy
 from sniper.cli import main
 from sniper.data import synthetic
-from sniper.data.synthetic import CATEGORIES, SyntheticSettings, make_dataset, make_image
+from sniper.data.synthetic import (
+    AERIAL_CATEGORIES,
+    CATEGORIES,
+    PRESETS,
+    AerialSettings,
+    SyntheticImage,
+    SyntheticSettings,
+    get_preset,
+    make_dataset,
+    make_image,
+)
 from sniper.errors import SniperError
 
-N_IMAGES = 10
 SEED = 3
+N_IMAGES = {"default": 10, "aerial": 2}
+SMALL = {"default": SyntheticSettings(max_side=900), "aerial": AerialSettings(min_side=800, max_side=1200)}
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "ds"
-    summary = make_dataset(out, images=N_IMAGES, seed=SEED, progress=False)
-    data = {k: json.loads((out / f"{k}.json").read_text()) for k in ("train", "val")}
-    return out, summary, data
+def built(tmp_path_factory):
+    """``built(preset)``: (out, summary, {"train": json, "val": json}) of a dataset, made once."""
+    cache = {}
+
+    def get(preset):
+        if preset not in cache:
+            out = tmp_path_factory.mktemp(f"synth-{preset}") / "ds"
+            summary = make_dataset(out, images=N_IMAGES[preset], seed=SEED, preset=preset, progress=False)
+            data = {k: json.loads((out / f"{k}.json").read_text()) for k in ("train", "val")}
+            cache[preset] = (out, summary, data)
+        return cache[preset]
+
+    return get
+
+
+@pytest.fixture(params=sorted(PRESETS))
+def dataset(request, built):
+    return built(request.param)
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    """``rendered(preset)``: the first 4 (default) or 2 (aerial) images as ``SyntheticImage``."""
+    cache = {}
+
+    def get(preset):
+        if preset not in cache:
+            n = {"default": 4, "aerial": 2}[preset]
+            cache[preset] = [make_image(SEED, i, preset=preset) for i in range(n)]
+        return cache[preset]
+
+    return get
 
 
 def _all(data, key):
@@ -39,12 +84,15 @@ def _files(out: Path) -> dict[str, bytes]:
     return files
 
 
-def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
-    small = SyntheticSettings(max_side=900)  # same code paths, less pixel work
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_same_seed_same_bytes_and_different_seed_differs(tmp_path, preset):
+    small = SMALL[preset]  # same code paths, less pixel work
 
     def run(name, seed):
         return _files(
-            make_dataset(tmp_path / name, images=2, seed=seed, settings=small, progress=False).out_dir
+            make_dataset(
+                tmp_path / name, images=2, seed=seed, settings=small, preset=preset, progress=False
+            ).out_dir
         )
 
     a, b, c = run("a", 7), run("b", 7), run("c", 8)
@@ -55,27 +103,57 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
 
 
 def test_images_do_not_depend_on_dataset_size(dataset):
-    out, _, _ = dataset
+    out, summary, _ = dataset
+    index = min(4, summary.images - 1)
     buf = io.BytesIO()
-    Image.fromarray(make_image(SEED, 4).pixels).save(buf, format="JPEG", quality=90)
-    assert buf.getvalue() == (out / "images" / "000005.jpg").read_bytes()
+    Image.fromarray(make_image(SEED, index, preset=summary.preset).pixels).save(
+        buf, format="JPEG", quality=90
+    )
+    assert buf.getvalue() == (out / "images" / f"{index + 1:06d}.jpg").read_bytes()
+
+
+# sha256 of the default preset's output before the presets existed (10 images, seed 3, val 0.2);
+# JSON and README depend on numpy only, the pixels on the Pillow version too
+GOLDEN_DEFAULT = {
+    "train.json": "958878cd35e055d25b10b082ccc3e5ee710c54a1c718bebfc12a75213f40fc8a",
+    "val.json": "a072618b4b2d8757a7f003808b334af031c9cc9c4f1225079028904f2b57f64e",
+    "README.txt": "6efa144503263322b2e01cab2e61aec8e3ca6ac5ab316658e5d49d6a48483796",
+}
+GOLDEN_PIXELS = {  # make_image(3, i).pixels with Pillow 13.0.0
+    0: "7a486adcab073866b98adf4331537e328a1b6f19683796c81e8638294fda9d02",
+    1: "331d1b1a48f2e51b239de6bff0c117a56dbe1a9484f04cfbe78f7e626c67d07b",
+}
+
+
+def test_default_preset_output_is_unchanged(built, rendered):
+    out, summary, data = built("default")
+    assert summary.preset == "default" and "preset" not in data["train"]["info"]
+    for name, digest in GOLDEN_DEFAULT.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    if PIL.__version__ != "13.0.0":
+        pytest.skip(f"pixel digests were recorded with Pillow 13.0.0, not {PIL.__version__}")
+    for index, digest in GOLDEN_PIXELS.items():
+        assert hashlib.sha256(rendered("default")[index].pixels.tobytes()).hexdigest() == digest, index
 
 
 def test_valid_coco(dataset):
     from pycocotools.coco import COCO
 
     out, summary, data = dataset
+    n = N_IMAGES[summary.preset]
     for split in ("train", "val"):
         coco = COCO(str(out / f"{split}.json"))
         assert len(coco.getImgIds()) == len(data[split]["images"])
-    assert len(data["train"]["images"]) == summary.train_images == 8
-    assert len(data["val"]["images"]) == summary.val_images == 2
+    assert len(data["train"]["images"]) == summary.train_images == n - max(1, round(0.2 * n))
+    assert len(data["val"]["images"]) == summary.val_images == max(1, round(0.2 * n))
     images = {im["id"]: im for im in _all(data, "images")}
-    assert sorted(images) == list(range(1, N_IMAGES + 1))
+    assert sorted(images) == list(range(1, n + 1))
     anns = _all(data, "annotations")
     assert len({a["id"] for a in anns}) == len(anns) == summary.annotations
-    cat_ids = [c["id"] for c in CATEGORIES]
-    assert data["train"]["categories"] == data["val"]["categories"] == list(CATEGORIES)
+    categories = list(PRESETS[summary.preset].categories)
+    cat_ids = [c["id"] for c in categories]
+    assert data["train"]["categories"] == data["val"]["categories"] == categories
+    assert summary.categories == tuple(c["name"] for c in categories)
     assert cat_ids != list(range(1, len(cat_ids) + 1)), "ids must be sparse to exercise id mapping"
     for split in ("train", "val"):
         split_ids = {im["id"] for im in data[split]["images"]}
@@ -91,8 +169,8 @@ def test_valid_coco(dataset):
         assert a["category_id"] in cat_ids and a["iscrowd"] in (0, 1) and 0 < a["area"] <= w * h
 
 
-def test_scene_statistics(dataset):
-    _, summary, data = dataset
+def test_scene_statistics(built):
+    _, summary, data = built("default")
     images = {im["id"]: im for im in _all(data, "images")}
     sides = [(im["width"], im["height"]) for im in images.values()]
     assert all(600 <= s <= 2000 for wh in sides for s in wh)
@@ -114,11 +192,11 @@ def test_scene_statistics(dataset):
     assert summary.truncated_annotations >= 3
 
 
-def test_truncated_crowd_and_distractors_in_rendered_scenes():
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_truncated_crowd_and_distractors_in_rendered_scenes(rendered, preset):
     n_trunc = n_crowd = n_dis = 0
     kinds = set()
-    for index in range(4):
-        img = make_image(SEED, index)
+    for img in rendered(preset):
         boxes = xywh_to_xyxy(np.array([a["bbox"] for a in img.annotations]))
         for a, (x1, y1, x2, y2) in zip(img.annotations, boxes):
             touches = x1 <= 0 or y1 <= 0 or x2 >= img.width or y2 >= img.height
@@ -136,12 +214,13 @@ def test_truncated_crowd_and_distractors_in_rendered_scenes():
         # distractors are drawn but never annotated: no annotation matches one
         assert len(d) and (iou_matrix(d, boxes) < 0.5).all()
     assert n_trunc >= 1 and n_crowd >= 1 and n_dis >= 10
-    assert kinds == set(synthetic.DISTRACTOR_KINDS)
+    assert kinds == set(PRESETS[preset].distractor_kinds)
 
 
-def test_annotated_objects_are_visible():
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_annotated_objects_are_visible(rendered, preset):
     """Each annotated box differs from the background around it (the object shows)."""
-    img = make_image(SEED, 0)
+    img = rendered(preset)[0]
     px = img.pixels.astype(float)
     for a in img.annotations:
         x, y, w, h = (int(v) for v in a["bbox"])
@@ -216,8 +295,134 @@ def test_cli_errors(tmp_path, capsys):
         make_dataset(foreign / "notes.txt", images=1)
 
 
-def test_settings_are_respected():
-    s = SyntheticSettings(min_side=600, max_side=700, huge_prob=0.0, crowd_prob=0.0, truncate_prob=0.0)
+# ---------------------------------------------------------------- the aerial preset
+
+
+def test_presets_are_listed():
+    assert list(PRESETS) == ["default", "aerial"]
+    assert get_preset("aerial") is PRESETS["aerial"] and PRESETS["aerial"].images == 12
+    assert PRESETS["default"].images == 160 and PRESETS["default"].settings == SyntheticSettings()
+    assert isinstance(PRESETS["aerial"].settings, AerialSettings)
+    assert [c["name"] for c in AERIAL_CATEGORIES] == ["vehicle", "building", "tree"]
+    ids = [c["id"] for c in AERIAL_CATEGORIES]
+    assert ids != list(range(1, len(ids) + 1)), "ids must be sparse to exercise id mapping"
+
+
+def test_aerial_scene_statistics(built, rendered):
+    """Large images, hundreds of small objects of 3 classes, a few large ones, crowds, distractors."""
+    _, summary, data = built("aerial")
+    for im in _all(data, "images"):
+        assert 2000 <= im["width"] <= 5000 and 2000 <= im["height"] <= 5000, im
+    per_image = Counter(a["image_id"] for a in _all(data, "annotations"))
+    assert len(per_image) == 2 and all(200 <= n <= 3000 for n in per_image.values()), per_image
+    for img in rendered("aerial"):
+        anns = [a for a in img.annotations if not a["iscrowd"]]
+        size = np.array([math.sqrt(a["bbox"][2] * a["bbox"][3]) for a in anns])
+        assert size.min() >= 5, "nothing below 5 px (sqrt of the box area)"
+        assert ((size >= 5) & (size <= 80)).mean() > 0.95, "mostly small"
+        assert np.median(size) < 40
+        assert 1 <= (size >= 100).sum() <= 30 and size.max() <= 700, "a few large objects"
+        per_class = Counter(a["category_id"] for a in anns)
+        assert set(per_class) == {c["id"] for c in AERIAL_CATEGORIES}
+        assert min(per_class.values()) >= 20, per_class
+    assert summary.crowd_annotations >= 1 and summary.distractors >= 10
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_boxes_are_the_exact_extent_of_visible_pixels(monkeypatch, preset):
+    """Record every composited patch; the aerial scene never paints over an object's pixels.
+
+    Each non-crowd aerial box is the tight box of pixels (alpha >= 0.5) that are still its own
+    after everything is drawn, and its area is their count. The default preset lets items
+    overlap up to 20 %, so there a box is only the extent of what its object drew.
+    """
+    drawn = []
+    composite = synthetic._composite
+
+    def recording(canvas, origin, alpha, rgb):
+        drawn.append((origin, alpha >= 0.5))
+        composite(canvas, origin, alpha, rgb)
+
+    monkeypatch.setattr(synthetic, "_composite", recording)
+    img = make_image(SEED, 1, SMALL[preset])
+    owner = np.full((img.height, img.width), -1, dtype=np.int32)
+    by_box = {}
+    for k, ((x0, y0), core) in enumerate(drawn):
+        owner[y0 : y0 + core.shape[0], x0 : x0 + core.shape[1]][core] = k
+        tight = synthetic._tight_box((x0, y0), core.astype(np.float32))
+        if tight is not None:
+            by_box.setdefault(tight[:4], []).append((k, tight[4]))
+    anns = [a for a in img.annotations if not a["iscrowd"]]
+    assert len(anns) >= (50 if preset == "aerial" else 5)
+    hidden = 0
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        matches = [(k, area) for k, area in by_box.get((x, y, x + w, y + h), []) if area == a["area"]]
+        assert matches, a  # the box is the tight box of one drawn object, area its pixel count
+        visible = [(owner[int(y) : int(y + h), int(x) : int(x + w)] == k).sum() for k, _ in matches]
+        hidden += max(visible) < a["area"]
+    if preset == "aerial":
+        assert hidden == 0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_settings_are_respected(preset):
+    if preset == "default":
+        s = SyntheticSettings(min_side=600, max_side=700, huge_prob=0.0, crowd_prob=0.0, truncate_prob=0.0)
+    else:
+        s = AerialSettings(min_side=600, max_side=700, crowd_prob=0.0, min_object=8.0)
     img = make_image(0, 0, s)
     assert 600 <= img.width <= 700 and 600 <= img.height <= 700
-    assert not any(a["iscrowd"] or a["truncated"] for a in img.annotations)
+    assert not any(a["iscrowd"] for a in img.annotations)
+    if preset == "default":
+        assert not any(a["truncated"] for a in img.annotations)
+    else:
+        assert img.annotations and all(a["bbox"][2] * a["bbox"][3] >= 64 for a in img.annotations)
+
+
+def test_cli_aerial_preset(tmp_path, capsys):
+    """One real full-size aerial image through the CLI."""
+    out = tmp_path / "aerial"
+    assert main(["make-dataset", str(out), "--preset", "aerial", "--images", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 1 images" in printed and "(preset aerial; 1 train, 0 val)" in printed
+    train = json.loads((out / "train.json").read_text())
+    assert train["info"]["preset"] == "aerial" and train["categories"] == list(AERIAL_CATEGORIES)
+    (im,) = train["images"]
+    assert 2000 <= im["width"] <= 5000 and 2000 <= im["height"] <= 5000
+    assert len(train["annotations"]) >= 200
+    readme = (out / "README.txt").read_text()
+    assert readme.startswith(synthetic.README_MARKER) and "--preset aerial --images 1 --seed 0" in readme
+    assert "vehicle" in readme and '"vehicle_length"' in readme
+    # an aerial dataset is rewritten in place like a default one
+    assert main(["make-dataset", str(out), "--images", "1", "--quiet"]) == 0
+    assert json.loads((out / "train.json").read_text())["categories"] == list(CATEGORIES)
+
+
+def test_default_image_count_comes_from_the_preset(tmp_path, monkeypatch, capsys):
+    def tiny(seed, index, settings=None, **_):
+        return SyntheticImage(np.zeros((8, 8, 3), np.uint8), [], np.zeros((0, 4)), [])
+
+    monkeypatch.setattr(synthetic, "make_image", tiny)
+    for preset, n in (("aerial", 12), ("default", 160)):
+        out = tmp_path / preset
+        assert main(["make-dataset", str(out), "--preset", preset, "--quiet"]) == 0
+        assert f"wrote {n} images to {out} (preset {preset}; " in capsys.readouterr().out
+        assert len(list((out / "images").iterdir())) == n
+    summary = make_dataset(tmp_path / "lib", preset="aerial", progress=False)
+    assert (summary.images, summary.train_images, summary.val_images) == (12, 10, 2)
+
+
+def test_unknown_preset_is_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["make-dataset", str(out), "--preset", "satellite"]) == 2
+    err = capsys.readouterr().err
+    assert err == "sniper make-dataset: error: unknown preset 'satellite'; choose one of: default, aerial\n"
+    assert not out.exists()
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_image(0, 0, preset="satellite")
+    with pytest.raises(ValueError, match="do not fit preset 'default'"):
+        make_dataset(out, images=1, settings=AerialSettings(), preset="default")
+    with pytest.raises(ValueError, match="do not fit preset 'aerial'"):
+        make_dataset(out, images=1, settings=SyntheticSettings(), preset="aerial")
+    assert not out.exists()

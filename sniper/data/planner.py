@@ -2,8 +2,8 @@
 
 The rule, each number with its reason (docs/plan.md has the long form):
 
-* **Chip size K**: 512 (the paper), smaller only when the median image's longest side is
-  under 512 (then that side, rounded up to a multiple of 64, at least 128).
+* **Chip size K**: 512 (the paper; at most the base config's chip size), smaller only when the
+  median image's longest side is under 512 (then that side, rounded up to 64, at least 128).
 * **Band**: a detector on K-pixel chips handles objects of about ``[K/8, K/2]`` chip px well
   (64-256 px at K = 512: above the feature stride, below the size at which an object no longer
   fits a chip with room to spare). Every scale is chosen to bring its objects into that band.
@@ -54,6 +54,7 @@ BAND = (1 / 8, 1 / 2)  # good object sizes, as fractions of the chip size
 SMALL_TARGET = 1 / 16  # where the finest scale puts the 5th-percentile object
 MAX_UPSAMPLE = 4.0
 MAX_STEP = 2.5  # largest factor between neighbouring scales
+MAX_SCALES = 4  # beyond it the steps widen instead (the cost grows with every scale)
 TEST_WIDEN = 1.2
 LR_STEP_AT = 0.76
 # Detector training shorter than this many chips seen learns little (measured: docs/results.md).
@@ -82,17 +83,25 @@ class DatasetStats:
     long_side: dict[str, float]
     short_side: dict[str, float]
     objects_per_image: dict[str, float]
+    box_long_side_max: float  # the longest side of any non-crowd box, original px
+    long_sides: tuple[float, ...] = field(default=(), repr=False)  # every image's long side
+
+    def whole_factor(self, K: int) -> float:
+        """The median over images of the factor that makes the long side K (``longest = K``)."""
+        return float(np.median(K / np.maximum(np.asarray(self.long_sides, dtype=np.float64), 1.0)))
 
     @classmethod
     def of(cls, ds: CocoDataset) -> tuple[DatasetStats, np.ndarray, np.ndarray]:
         """The statistics, and the sizes and aspect ratios of every non-crowd box."""
-        sizes, ratios, per_image, longs, shorts = [], [], [], [], []
+        sizes, ratios, per_image, longs, shorts, box_long = [], [], [], [], [], 0.0
         crowd = 0
         for i, rec in enumerate(ds.images):
             a = ds.annotations_at(i)
             b = a.boxes[~a.iscrowd]
             crowd += int(a.iscrowd.sum())
             sizes.append(sqrt_area(b))
+            if len(b):
+                box_long = max(box_long, float(np.max(b[:, 2:] - b[:, :2])))
             ratios.append((b[:, 3] - b[:, 1]) / np.maximum(b[:, 2] - b[:, 0], 1e-9))
             per_image.append(len(b))
             longs.append(max(rec.width, rec.height))
@@ -110,6 +119,8 @@ class DatasetStats:
             long_side=_pct(np.asarray(longs, float), (5, 50, 95)),
             short_side=_pct(np.asarray(shorts, float), (5, 50, 95)),
             objects_per_image=_pct(np.asarray(per_image, float), (50, 90, 99, 100)),
+            box_long_side_max=round(box_long, 2),
+            long_sides=tuple(float(v) for v in longs),
         )
         return stats, s, r
 
@@ -148,7 +159,7 @@ class DatasetPlan:
         from sniper.config import to_dict
 
         return {
-            "stats": self.stats.__dict__,
+            "stats": {k: v for k, v in self.stats.__dict__.items() if k != "long_sides"},
             "scales": [
                 {
                     "train": s.scale.describe(),
@@ -206,34 +217,38 @@ class DatasetPlan:
 # ------------------------------------------------------------------ rules
 
 
-def _chip_size(stats: DatasetStats, chip_size: int | None) -> int:
+def _chip_size(stats: DatasetStats, chip_size: int | None, base_chip: int) -> int:
+    """``chip_size`` if given; else 512 (at most the base config's chip, the largest its model
+    is set up for), smaller only when the images are."""
     if chip_size is not None:
         if chip_size < 32:
             raise ValueError(f"chip size must be >= 32, got {chip_size}")
         return int(chip_size)
     med = stats.long_side["p50"]
-    if med >= 512:
-        return 512
-    return int(max(128, 64 * math.ceil(med / 64)))
+    k = 512 if med >= 512 else int(max(128, 64 * math.ceil(med / 64)))
+    return min(k, int(base_chip))
 
 
-def _factors(stats: DatasetStats, K: int) -> tuple[list[float], bool]:
+def _factors(stats: DatasetStats, K: int, stride: int) -> tuple[list[float], bool]:
     """Scale factors fine to coarse (median over images for the coarsest), and whether the
     coarsest is the whole image in one chip (``longest = K``)."""
     hi_px = BAND[1] * K
     small = max(stats.sizes["p5"], 1.0)
     big = max(stats.sizes["p99.5"], 1.0)
-    f_whole = K / max(stats.long_side["p50"], 1.0)
-    f_big = hi_px / big
-    # whole image per chip when its largest objects stay within ~2x of the band's top
-    whole = f_whole >= f_big / 2 or f_whole >= 1.0
-    f_coarse = min(f_whole, 1.0) if whole else f_big
+    f_whole = stats.whole_factor(K)
+    # the p99.5 object at the band's top, and the longest box inside a chip with room for the stride
+    f_big = min(hi_px / big, (K - stride) / max(stats.box_long_side_max, 1.0))
+    # whole image per chip when its largest objects stay within ~2x of the band's top; images
+    # no larger than the chip are not upsampled for it (factor 1 keeps them whole)
+    # ... and when no image is upsampled more than 2x for it (p5 of the long side >= K/2)
+    whole = f_whole < 1.0 and f_whole >= f_big / 2 and stats.long_side["p5"] >= K / 2
+    f_coarse = f_whole if whole else min(1.0, f_big)
     f_fine = min(MAX_UPSAMPLE, K * SMALL_TARGET / small)
     f_fine = max(f_fine, f_coarse)
     ratio = f_fine / f_coarse
     if ratio <= 1.25:
         return [f_coarse], whole
-    steps = max(1, math.ceil(math.log(ratio) / math.log(MAX_STEP) - 1e-9))
+    steps = min(MAX_SCALES - 1, max(1, math.ceil(math.log(ratio) / math.log(MAX_STEP) - 1e-9)))
     fs = [f_fine * (f_coarse / f_fine) ** (k / steps) for k in range(steps + 1)]
     return fs, whole
 
@@ -247,6 +262,8 @@ def _ranges(fs: Sequence[float], K: int) -> list[tuple[float | None, float | Non
     out: list[tuple[float | None, float | None]] = []
     for i, f in enumerate(fs):
         lo = None if i == 0 else lo_px / f
+        if lo is not None:
+            lo = min(lo, out[-1][1] / 1.25)  # steps wider than the band (capped scale count) still overlap
         hi = None if i == len(fs) - 1 else hi_px / f
         out.append((lo, hi))
     return out
@@ -353,17 +370,18 @@ def plan_from_dataset(ds: CocoDataset, base: Config | None = None, *, chip_size:
     stats, sizes, ratios = DatasetStats.of(ds)
     if stats.objects == 0:
         raise ValueError("cannot plan from a dataset without (non-crowd) objects")
-    K = _chip_size(stats, chip_size)
+    K = _chip_size(stats, chip_size, cfg.chips.chip_size)
     reasons: dict[str, str] = {}
-    fs, whole = _factors(stats, K)
+    fs, whole = _factors(stats, K, cfg.chips.stride)
     reasons["chips.chip_size"] = (
         f"median image long side {stats.long_side['p50']:g} px: "
-        + ("512 as in the paper" if K == 512 and chip_size is None else f"{K} px")
+        + ("512 as in the paper" if K == 512 and chip_size is None else f"{K} px (at most the base's chip)")
     )
     reasons["chips.scales"] = (
         f"finest x{fs[0]:.3g} brings the p5 object ({stats.sizes['p5']:g} px) to ~{K * SMALL_TARGET:g} chip px "
         f"(at most x{MAX_UPSAMPLE:g}); coarsest "
-        + (f"the whole image (longest side {K})" if whole else f"x{fs[-1]:.3g} brings the p99.5 object to {K // 2} px")
+        + (f"the whole image (longest side {K})" if whole else
+           f"x{fs[-1]:.3g} brings the p99.5 object to at most {K // 2} px and the longest box inside a chip")
         + f"; steps of at most x{MAX_STEP:g}"
     )
     chips = replace(cfg.chips, chip_size=K, scales=_scales(fs, whole, K, _ranges(fs, K)))

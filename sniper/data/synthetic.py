@@ -8,6 +8,12 @@ distractors (hard negatives), cluttered backgrounds, objects truncated at the bo
 object draws its two colours at random. Textures scale with the object, so they stay
 visible after the chip scales bring an object to the detector's working size.
 
+A second preset, ``aerial`` (:class:`AerialSettings`, see :data:`PRESETS`), reuses the same
+machinery for dense scenes: a few 2000-5000 px images, each with hundreds of 5-80 px
+vehicles, buildings and trees in clusters (parking lots, streets, orchards, hedgerows) on
+textured ground, plus a few 100-400 px buildings. There a per-pixel occupancy map keeps
+every object unoccluded, so each box is the exact extent of what its object shows.
+
 Everything derives from ``numpy.random.default_rng([seed, image_index])``: the same seed
 gives byte-identical JSON and identical pixels, and the first N images of a larger run
 equal those of a smaller one.
@@ -31,12 +37,18 @@ from sniper.errors import SniperError
 from sniper.io import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = [
+    "AERIAL_CATEGORIES",
+    "AERIAL_DISTRACTOR_KINDS",
     "CATEGORIES",
     "DISTRACTOR_KINDS",
+    "PRESETS",
+    "AerialSettings",
+    "Preset",
     "SyntheticImage",
     "SyntheticSettings",
     "SyntheticSummary",
     "make_dataset",
+    "get_preset",
     "make_image",
 ]
 
@@ -67,6 +79,27 @@ CATEGORIES: tuple[dict, ...] = tuple(
 # Unlabeled look-alikes: a class shape in one flat colour (wrong texture), a class texture on
 # a hexagon/pentagon (wrong shape), a textured crescent (a partial disc).
 DISTRACTOR_KINDS: tuple[str, ...] = ("flat_shape", "textured_polygon", "crescent")
+
+# The aerial preset: 3 classes seen from above, also sparse ids. Unlike the default preset
+# colours are class-typical (crowns are green), but shape + texture tell the class too.
+AERIAL_CLASSES: tuple[ShapeClass, ...] = (
+    ShapeClass(2, "vehicle", "car", "windshield"),
+    ShapeClass(5, "building", "block", "gable"),
+    ShapeClass(9, "tree", "canopy", "speckle"),
+)
+AERIAL_CATEGORIES: tuple[dict, ...] = tuple(
+    {"id": c.id, "name": c.name, "supercategory": "aerial"} for c in AERIAL_CLASSES
+)
+_AERIAL_LOOKS = {
+    "vehicle": "rounded rectangle (cars ~0.44:1, trucks ~0.27:1); body colour contrasts with the "
+    "ground; windscreen + rear-window bands (trucks: a cab)",
+    "building": "rectangle or L-shape, two-tone pitched roof split along the ridge; large ones "
+    "(100-400 px): flat roof with a lattice of rooftop units",
+    "tree": "lumpy round crown (7 shallow lobes), dark green speckled with lighter green",
+}
+_VEHICLE, _BUILDING, _TREE = (c.id for c in AERIAL_CLASSES)
+# unlabeled aerial look-alikes: flat turquoise rectangles (pools), round tanks with rings
+AERIAL_DISTRACTOR_KINDS: tuple[str, ...] = ("pool", "tank")
 
 
 @dataclass(frozen=True)
@@ -100,6 +133,74 @@ class SyntheticSettings:
 
 
 @dataclass(frozen=True)
+class AerialSettings(SyntheticSettings):
+    """The aerial scene (``preset="aerial"``): few large images, hundreds of small objects.
+
+    Of the base fields it reads ``min_side``, ``max_side``, ``min_object`` (smallest kept box,
+    sqrt(w * h)), ``distractors``, ``distractors_per_mp``, ``crowd_prob``, ``crowd_region``,
+    ``noise_sigma`` and ``jpeg_quality``; the others belong to the default scene.
+    """
+
+    min_side: int = 2000
+    max_side: int = 5000
+    min_object: float = 5.0
+    distractors: tuple[int, int] = (3, 8)
+    distractors_per_mp: float = 1.0
+    crowd_prob: float = 0.5
+    crowd_region: tuple[float, float] = (150.0, 450.0)
+    noise_sigma: tuple[float, float] = (2.0, 5.0)
+    # the ground scale of an image: a car's length in px (log-uniform per image); the sizes of
+    # the small objects (cars, houses, trees, parking stalls, roads) follow it
+    vehicle_length: tuple[float, float] = (8.0, 22.0)
+    # a few large buildings (warehouses) per image, box side sqrt(w * h) in px
+    large_objects: tuple[int, int] = (2, 6)
+    large_size: tuple[float, float] = (100.0, 400.0)
+    # scales the number of clusters (lots, streets, orchards, hedgerows, groups) per megapixel
+    density: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named synthetic dataset: its scene settings, default image count and categories."""
+
+    name: str
+    description: str
+    settings: SyntheticSettings
+    images: int
+    categories: tuple[dict, ...]
+    distractor_kinds: tuple[str, ...]
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        "default",
+        "textured shapes from 8 px to more than half the image, images of 600-2000 px",
+        SyntheticSettings(),
+        160,
+        CATEGORIES,
+        DISTRACTOR_KINDS,
+    ),
+    "aerial": Preset(
+        "aerial",
+        "dense small objects (vehicles, buildings, trees; 5-80 px, a few 100-400 px) in clusters "
+        "on textured ground, images of 2000-5000 px",
+        AerialSettings(),
+        12,
+        AERIAL_CATEGORIES,
+        AERIAL_DISTRACTOR_KINDS,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ValueError (listing the presets) for an unknown name."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
 class SyntheticImage:
     """One rendered image: pixels, its annotations (no ids yet) and its unlabeled distractors."""
 
@@ -130,6 +231,7 @@ class SyntheticSummary:
     distractors: int
     categories: tuple[str, ...]
     seconds: float
+    preset: str = "default"
 
     @property
     def image_dir(self) -> Path:
@@ -204,6 +306,33 @@ def _sd_crescent(x, y, r):
     return np.maximum(np.hypot(x, y) - r, -(np.hypot(x - 0.55 * r, y) - 0.8 * r))
 
 
+def _sd_box(x, y, cx, cy, hx, hy, rounding=0.0):
+    """Axis-aligned box centred at (cx, cy) with half sides (hx, hy), corners rounded."""
+    qx = np.abs(x - cx) - (hx - rounding)
+    qy = np.abs(y - cy) - (hy - rounding)
+    outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
+    return outside + np.minimum(np.maximum(qx, qy), 0) - rounding
+
+
+# aerial shapes (the long axis is x, so a rotation theta points the object along theta)
+def _sd_car(x, y, r):
+    return _sd_box(x, y, 0.0, 0.0, 0.92 * r, 0.4 * r, 0.12 * r)
+
+
+def _sd_block(x, y, r):
+    return _sd_box(x, y, 0.0, 0.0, 0.8 * r, 0.58 * r)
+
+
+def _sd_lshape(x, y, r):
+    wing = _sd_box(x, y, 0.0, -0.25 * r, 0.8 * r, 0.3 * r)
+    return np.minimum(wing, _sd_box(x, y, 0.45 * r, 0.0, 0.35 * r, 0.55 * r))
+
+
+def _sd_canopy(x, y, r):
+    """A lumpy disc (7 lobes) inside its circle: a tree crown seen from above."""
+    return np.hypot(x, y) - r * (0.92 + 0.08 * np.cos(7 * np.arctan2(y, x)))
+
+
 SHAPES: dict[str, Callable[..., np.ndarray]] = {
     "disc": _sd_disc,
     "square": _sd_square,
@@ -214,6 +343,10 @@ SHAPES: dict[str, Callable[..., np.ndarray]] = {
     "hexagon": _sd_hexagon,
     "pentagon": _sd_pentagon,
     "crescent": _sd_crescent,
+    "car": _sd_car,
+    "block": _sd_block,
+    "lshape": _sd_lshape,
+    "canopy": _sd_canopy,
 }
 
 
@@ -268,6 +401,31 @@ def _tex_speckle(x, y, r, p, table):
     return _edge((v - 0.5) * p)
 
 
+# aerial textures, in the shape's own frame (x along the object)
+def _tex_windshield(x, y, r, p, table):
+    """Windscreen and rear-window bands across a car (second colour: glass)."""
+    front = np.minimum(x - 0.22 * r, 0.5 * r - x)
+    rear = np.minimum(x + 0.68 * r, -0.46 * r - x)
+    return _edge(np.maximum(front, rear))
+
+
+def _tex_cab(x, y, r, p, table):
+    """A truck seen from above: the cab (second colour) in front of the load bed."""
+    return _edge(x - 0.58 * r)
+
+
+def _tex_gable(x, y, r, p, table):
+    """A pitched roof: the two slopes in two tones, split along the ridge (y = 0)."""
+    return _edge(y)
+
+
+def _tex_vents(x, y, r, p, table):
+    """A flat roof with a lattice of rooftop units (small squares, period p)."""
+    dx = np.abs(np.mod(x, p) - 0.5 * p)
+    dy = np.abs(np.mod(y, p) - 0.5 * p)
+    return _edge(0.17 * p - np.maximum(dx, dy))
+
+
 TEXTURES: dict[str, Callable[..., np.ndarray]] = {
     "stripes": _tex_stripes,
     "checker": _tex_checker,
@@ -275,9 +433,24 @@ TEXTURES: dict[str, Callable[..., np.ndarray]] = {
     "spokes": _tex_spokes,
     "bullseye": _tex_bullseye,
     "speckle": _tex_speckle,
+    "windshield": _tex_windshield,
+    "cab": _tex_cab,
+    "gable": _tex_gable,
+    "vents": _tex_vents,
 }
 # texture period as a fraction of the object radius (so the look is scale invariant)
-_PERIOD = {"stripes": 0.4, "checker": 0.5, "dots": 0.45, "spokes": 1.0, "bullseye": 0.4, "speckle": 0.4}
+_PERIOD = {
+    "stripes": 0.4,
+    "checker": 0.5,
+    "dots": 0.45,
+    "spokes": 1.0,
+    "bullseye": 0.4,
+    "speckle": 0.4,
+    "windshield": 1.0,
+    "cab": 1.0,
+    "gable": 1.0,
+    "vents": 0.2,
+}
 
 
 # ---------------------------------------------------------------- one drawn item
@@ -316,14 +489,21 @@ def _shape_patch(
     shape: str,
     texture: str | None,
     colours: tuple[np.ndarray, np.ndarray],
+    theta: float | None = None,
+    squash: tuple[float, float] | None = None,
 ) -> tuple[tuple[int, int], np.ndarray, np.ndarray] | None:
     """Alpha and colour of one shape on its local patch, clipped to the image.
 
+    ``theta`` (rotation) and ``squash`` (x, y scale <= 1) are drawn at random when None.
     Returns ``((x0, y0), alpha (h, w), rgb (h, w, 3))`` or None if nothing is inside.
     """
-    aspect = float(rng.uniform(0.75, 1.0))
-    ax, ay = (1.0, aspect) if rng.random() < 0.5 else (aspect, 1.0)
-    theta = float(rng.uniform(0, 2 * math.pi))
+    if squash is None:
+        aspect = float(rng.uniform(0.75, 1.0))
+        ax, ay = (1.0, aspect) if rng.random() < 0.5 else (aspect, 1.0)
+    else:
+        ax, ay = squash
+    if theta is None:
+        theta = float(rng.uniform(0, 2 * math.pi))
     ext = radius + 1.5
     x0, x1 = max(0, int(math.floor(cx - ext))), min(width, int(math.ceil(cx + ext)))
     y0, y1 = max(0, int(math.floor(cy - ext))), min(height, int(math.ceil(cy + ext)))
@@ -515,9 +695,17 @@ def _place(rng, it: _Item, width, height, placed, max_overlap, tries: int = 40):
 # ---------------------------------------------------------------- rendering
 
 
-def make_image(seed: int, index: int, settings: SyntheticSettings | None = None) -> SyntheticImage:
-    """Render image ``index`` of the dataset with ``seed`` (independent of the other images)."""
-    s = settings or SyntheticSettings()
+def make_image(
+    seed: int, index: int, settings: SyntheticSettings | None = None, *, preset: str | None = None
+) -> SyntheticImage:
+    """Render image ``index`` of the dataset with ``seed`` (independent of the other images).
+
+    ``settings`` default to those of ``preset`` (default: "default"); :class:`AerialSettings`
+    draw the aerial scene.
+    """
+    s = _resolve(preset, settings)[1]
+    if isinstance(s, AerialSettings):
+        return _make_aerial_image(seed, index, s)
     rng = np.random.default_rng([seed, index])
     width, height = _image_size(rng, s)
     canvas = _background(rng, width, height)
@@ -617,6 +805,604 @@ def _draw_distractor(rng, canvas, it: _Item, width, height):
     return tight
 
 
+# ---------------------------------------------------------------- the aerial scene
+
+# occupancy codes (one uint8 per pixel): a drawn object's core (alpha >= 0.5) is never painted
+# over again, so every annotation box stays the exact extent of what shows of its object
+_FREE, _PAVED, _FRINGE, _TAKEN = 0, 1, 2, 3
+_LUM = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# field colours, all light (luminance >= 110) so dark tree crowns stand out
+_FIELDS = np.array(
+    [
+        [106, 140, 66], [118, 150, 74], [100, 136, 64], [134, 156, 84],  # grass, green crops
+        [186, 168, 112], [200, 184, 128], [168, 150, 98],  # wheat, dry grass
+        [146, 114, 84], [140, 110, 80], [162, 134, 100],  # ploughed soil
+    ],
+    dtype=np.float32,
+)  # fmt: skip
+_CAR_BODIES = np.array(
+    [
+        [236, 236, 232], [214, 216, 220], [160, 162, 166], [112, 114, 118], [40, 40, 44],
+        [18, 18, 22], [176, 28, 30], [30, 58, 150], [22, 36, 80], [226, 196, 40], [40, 110, 70],
+        [230, 120, 30],
+    ],
+    dtype=np.float32,
+)  # fmt: skip
+_ROOFS = np.array(
+    [
+        [172, 86, 62], [150, 72, 52], [132, 132, 138], [78, 82, 92], [206, 192, 162],
+        [226, 224, 218], [118, 82, 58], [98, 114, 136],
+    ],
+    dtype=np.float32,
+)  # fmt: skip
+_FLAT_ROOFS = np.array(
+    [[214, 214, 210], [232, 232, 228], [186, 186, 182], [96, 98, 104], [200, 192, 176]], dtype=np.float32
+)
+
+
+class _Polyline:
+    """A road's centre line, parametrised by arc length."""
+
+    def __init__(self, pts: np.ndarray, width: float, w: int, h: int):
+        self.pts, self.width = pts, width
+        self.seg = np.diff(pts, axis=0)
+        self.seglen = np.maximum(np.hypot(self.seg[:, 0], self.seg[:, 1]), 1e-9)
+        self.cum = np.concatenate([[0.0], np.cumsum(self.seglen)])
+        t = np.arange(0.0, self.cum[-1], 10.0)
+        p, _ = self.at(t)
+        inside = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
+        self.t_lo, self.t_hi = (
+            (float(t[inside].min()), float(t[inside].max())) if inside.any() else (0.0, 0.0)
+        )
+
+    def at(self, t) -> tuple[np.ndarray, np.ndarray]:
+        """Points (N, 2) and unit directions (N, 2) at arc lengths ``t``."""
+        t = np.clip(np.atleast_1d(np.asarray(t, dtype=np.float64)), 0.0, self.cum[-1])
+        i = np.clip(np.searchsorted(self.cum, t, side="right") - 1, 0, len(self.seglen) - 1)
+        d = self.seg[i] / self.seglen[i][:, None]
+        return self.pts[i] + d * (t - self.cum[i])[:, None], d
+
+
+@dataclass
+class _Lot:
+    cx: float
+    cy: float
+    angle: float
+    length: float  # along the rows
+    depth: float  # across the rows
+    slots: list[tuple[float, float, float]]  # stall centre x, y and car heading
+
+
+class _AerialScene:
+    """Canvas, occupancy map and records of one aerial image while it is drawn."""
+
+    def __init__(self, rng: np.random.Generator, s: AerialSettings, width: int, height: int):
+        self.rng, self.s, self.width, self.height = rng, s, width, height
+        self.mp = width * height / 1e6
+        self.car = float(_log_uniform(rng, *s.vehicle_length))  # the ground scale
+        self.annotations: list[dict] = []
+        self.d_boxes: list[tuple[float, float, float, float]] = []
+        self.d_kinds: list[str] = []
+        self.roads: list[_Polyline] = []
+        self.lots: list[_Lot] = []
+
+    def count(self, lo: int, hi: int, per_mp: float) -> int:
+        return int(self.rng.integers(lo, hi + 1) + round(per_mp * self.mp * self.s.density))
+
+    def position(self, margin: float = 0.0) -> np.ndarray:
+        return self.rng.uniform([-margin, -margin], [self.width + margin, self.height + margin])
+
+    # ------------------------------------------------------------ ground
+
+    def ground(self) -> None:
+        """Fields, tracks, roads and parking lots: ``self.canvas`` and the paved ``self.occ``."""
+        img = self._fields()
+        draw = ImageDraw.Draw(img)
+        occ = Image.new("L", (self.width, self.height), _FREE)
+        paved = ImageDraw.Draw(occ)
+        self._tracks(draw)
+        for _ in range(self.count(1, 3, 0.15)):
+            self._road(draw, paved)
+        for _ in range(self.count(2, 4, 0.25)):
+            self._lot(draw, paved)
+        self.canvas = np.array(img, dtype=np.uint8)
+        self.occ = np.array(occ, dtype=np.uint8)
+
+    def _fields(self) -> Image.Image:
+        """A rotated patchwork of fields with crop rows, brightness swells and grain.
+
+        Made at 1/4 resolution in numpy and upsampled in one bilinear resize (full-size float
+        work on 25 MP would dominate the run time).
+        """
+        rng, f = self.rng, 4
+        gw, gh = -(-self.width // f), -(-self.height // f)
+        self.angle = float(rng.uniform(0, math.pi))
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        xs = (np.arange(gw, dtype=np.float32) + 0.5) * f
+        ys = (np.arange(gh, dtype=np.float32) + 0.5) * f
+        u = xs[None, :] * c + ys[:, None] * s
+        v = ys[:, None] * c - xs[None, :] * s
+        fw, self.field_h = float(rng.uniform(300, 900)), float(rng.uniform(200, 600))
+        iv = np.floor(v / self.field_h).astype(np.int32)
+        self.strip0 = int(iv.min())
+        iv -= self.strip0
+        nv = int(iv.max()) + 1
+        shift = rng.uniform(0, fw, nv).astype(np.float32)
+        iu = np.floor((u + shift[iv]) / fw).astype(np.int32)
+        iu -= iu.min()
+        nu = int(iu.max()) + 1
+        cell = iv * nu + iu
+        n = nu * nv
+        colour = _FIELDS[rng.integers(0, len(_FIELDS), n)] * rng.uniform(0.93, 1.07, (n, 1)).astype(
+            np.float32
+        )
+        across = rng.random(n) < 0.5
+        period = rng.uniform(10, 26, n).astype(np.float32)
+        amp = (rng.uniform(4, 14, n) * (rng.random(n) < 0.6)).astype(np.float32)
+        rows = np.sin(np.where(across[cell], u, v) * (2 * math.pi / period[cell])) * amp[cell]
+        img = colour[cell] + rows[..., None]
+        swell = rng.normal(0, 0.07, (gh // 64 + 2, gw // 64 + 2)).astype(np.float32)
+        swell = np.asarray(Image.fromarray(swell).resize((gw, gh), Image.BICUBIC))
+        img *= (1 + swell)[..., None]
+        img += rng.normal(0, 4, (gh, gw, 1)).astype(np.float32)
+        low = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        return low.resize((self.width, self.height), Image.BILINEAR)
+
+    def _line_at_v(self, v: float, u0: float, u1: float) -> list[tuple[float, float]]:
+        """Two points of a field-aligned line (constant v) from u0 to u1, image coordinates."""
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return [(u * c - v * s, u * s + v * c) for u in (u0, u1)]
+
+    def _strips(self) -> range:
+        """Indices k of the field-strip edges v = k * field_h that cross the image."""
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        vs = [y * c - x * s for x in (0, self.width) for y in (0, self.height)]
+        return range(math.floor(min(vs) / self.field_h), math.ceil(max(vs) / self.field_h) + 1)
+
+    def _u_range(self) -> tuple[float, float]:
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        us = [x * c + y * s for x in (0, self.width) for y in (0, self.height)]
+        return min(us), max(us)
+
+    def _tracks(self, draw: ImageDraw.ImageDraw) -> None:
+        """Dirt tracks along some field edges (background, never annotated)."""
+        u0, u1 = self._u_range()
+        for k in self._strips():
+            if self.rng.random() < 0.25:
+                col = tuple(int(v) for v in np.array([176, 156, 120]) + self.rng.normal(0, 8, 3))
+                draw.line(
+                    self._line_at_v(k * self.field_h, u0, u1), fill=col, width=int(self.rng.integers(2, 6))
+                )
+
+    def _road(self, draw: ImageDraw.ImageDraw, paved: ImageDraw.ImageDraw) -> None:
+        """A gently bending road across the image, with dashed centre marks."""
+        rng = self.rng
+        if rng.random() < 0.7:  # most roads follow the field grid
+            a = self.angle + math.pi / 2 * int(rng.integers(2)) + float(rng.normal(0, 0.04))
+        else:
+            a = float(rng.uniform(0, math.pi))
+        px, py = self.position(-0.1 * min(self.width, self.height))
+        reach = math.hypot(self.width, self.height)
+        t = np.arange(-reach, reach + 400, 400.0)
+        off = np.cumsum(rng.normal(0, 20, len(t)))
+        off -= off[len(t) // 2]
+        ca, sa = math.cos(a), math.sin(a)
+        pts = np.stack([px + t * ca - off * sa, py + t * sa + off * ca], axis=1)
+        width = self.car * float(rng.uniform(2.3, 3.4))
+        grey = float(rng.uniform(80, 112))
+        col = tuple(int(v) for v in grey + rng.normal(0, 3, 3))
+        xy = [tuple(p) for p in pts]
+        draw.line(xy, fill=col, width=max(3, round(width)), joint="curve")
+        paved.line(xy, fill=_PAVED, width=round(width) + 2, joint="curve")
+        road = _Polyline(pts, width, self.width, self.height)
+        if road.t_hi <= road.t_lo:
+            return
+        self.roads.append(road)
+        dash = 2 * self.car
+        starts = np.arange(road.t_lo, road.t_hi, 2 * dash)
+        p0, _ = road.at(starts)
+        p1, _ = road.at(starts + dash)
+        paint = (226, 226, 216) if rng.random() < 0.6 else (222, 190, 70)
+        lw = max(1, round(self.car / 10))
+        for a0, a1 in zip(p0, p1):
+            draw.line([tuple(a0), tuple(a1)], fill=paint, width=lw)
+
+    def _lot(self, draw: ImageDraw.ImageDraw, paved: ImageDraw.ImageDraw) -> None:
+        """A parking lot: asphalt, painted stall lines, and a slot per stall for a car."""
+        rng, car = self.rng, self.car
+        stall_w, stall_d, aisle = 0.72 * car * float(rng.uniform(0.95, 1.1)), 1.25 * car, 1.5 * car
+        n_stalls, n_pairs = int(rng.integers(8, 25)), int(rng.integers(1, 4))
+        length = (n_stalls + 1) * stall_w
+        depth = n_pairs * 2 * stall_d + (n_pairs + 1) * aisle
+        angle = self.angle + math.pi / 2 * int(rng.integers(2)) + float(rng.normal(0, 0.02))
+        ea = np.array([math.cos(angle), math.sin(angle)])
+        eb = np.array([-ea[1], ea[0]])
+        centre = self.position()
+        corners = [
+            tuple(centre + i * length / 2 * ea + j * depth / 2 * eb)
+            for i, j in ((-1, -1), (1, -1), (1, 1), (-1, 1))
+        ]
+        grey = float(rng.uniform(62, 100))
+        draw.polygon(corners, fill=tuple(int(v) for v in grey + rng.normal(0, 3, 3)))
+        paved.polygon(corners, fill=_PAVED)
+        paint = tuple(int(v) for v in rng.uniform(200, 235) + rng.normal(0, 3, 3))
+        lw = max(1, round(car / 12))
+        slots = []
+        for pair in range(n_pairs):
+            for side in (0, 1):
+                b0 = -depth / 2 + aisle + pair * (2 * stall_d + aisle) + side * stall_d
+                for i in range(n_stalls + 1):
+                    a = -length / 2 + stall_w * (i + 0.5)
+                    lo = b0 + (0.0 if side else 0.1 * stall_d)
+                    hi = b0 + (0.9 * stall_d if side else stall_d)
+                    draw.line(
+                        [tuple(centre + a * ea + lo * eb), tuple(centre + a * ea + hi * eb)],
+                        fill=paint,
+                        width=lw,
+                    )
+                    if i < n_stalls:
+                        x, y = centre + (a + stall_w / 2) * ea + (b0 + stall_d / 2) * eb
+                        slots.append((float(x), float(y), angle + math.pi / 2 + math.pi * side))
+        self.lots.append(_Lot(float(centre[0]), float(centre[1]), angle, length, depth, slots))
+
+    # ------------------------------------------------------------ drawing one item
+
+    def ground_lum(self, cx: float, cy: float, r: float) -> float:
+        x0, x1 = max(0, int(cx - r)), min(self.width, int(cx + r) + 1)
+        y0, y1 = max(0, int(cy - r)), min(self.height, int(cy + r) + 1)
+        if x1 <= x0 or y1 <= y0:
+            return 128.0
+        return float(self.canvas[y0:y1:2, x0:x1:2].reshape(-1, 3).mean(axis=0) @ _LUM)
+
+    def contrasting(self, palette: np.ndarray, cx: float, cy: float, r: float, k: int = 3) -> np.ndarray:
+        """Of ``k`` random palette colours, the one whose luminance differs most from the ground."""
+        cand = palette[self.rng.choice(len(palette), k, replace=False)]
+        best = cand[int(np.argmax(np.abs(cand @ _LUM - self.ground_lum(cx, cy, r))))]
+        return np.clip(best + self.rng.normal(0, 6, 3), 0, 255).astype(np.float32)
+
+    def put(
+        self,
+        cx,
+        cy,
+        r,
+        shape,
+        texture,
+        colours,
+        theta,
+        squash=(1.0, 1.0),
+        *,
+        category=0,
+        kind="",
+        paved_ok=False,
+    ) -> bool:
+        """Draw one object (``category``) or distractor (``kind``) unless it would cover another.
+
+        Objects of ``min_object`` px or less (sqrt of the box area) are not drawn.
+        """
+        # early out before rendering: the aerial shapes all cover their centre pixel
+        ix, iy = int(cx), int(cy)
+        if 0 <= ix < self.width and 0 <= iy < self.height:
+            if self.occ[iy, ix] >= (_FRINGE if paved_ok else _PAVED):
+                return False
+        drawn = _shape_patch(
+            self.rng, self.width, self.height, cx, cy, r, shape, texture, colours, theta, squash
+        )
+        if drawn is None:
+            return False
+        (x0, y0), alpha, rgb = drawn
+        h, w = alpha.shape
+        occ = self.occ[y0 : y0 + h, x0 : x0 + w]
+        core, support = alpha >= 0.5, alpha > 0
+        if (occ[core] >= (_FRINGE if paved_ok else _PAVED)).any() or (occ[support] == _TAKEN).any():
+            return False
+        tight = _tight_box((x0, y0), alpha)
+        if tight is None:
+            return False
+        bw, bh = tight[2] - tight[0], tight[3] - tight[1]
+        if category and (min(bw, bh) < 3 or bw * bh < self.s.min_object**2):
+            return False
+        _composite(self.canvas, (x0, y0), alpha, rgb)
+        occ[support & (occ < _FRINGE)] = _FRINGE
+        occ[core] = _TAKEN
+        if category:
+            truncated = tight[0] <= 0 or tight[1] <= 0 or tight[2] >= self.width or tight[3] >= self.height
+            self.annotations.append(_annotation(category, tight, crowd=False, truncated=truncated))
+        else:
+            self.d_boxes.append((tight[0], tight[1], bw, bh))
+            self.d_kinds.append(kind)
+        return True
+
+    def vehicle(self, cx: float, cy: float, theta: float, truck: bool = False) -> bool:
+        rng = self.rng
+        length = self.car * float(rng.uniform(1.7, 2.4) if truck else rng.uniform(0.9, 1.1))
+        r = length / 1.84
+        body = self.contrasting(_CAR_BODIES, cx, cy, r)
+        if truck:
+            cab = np.clip(body * 0.6 + 90 * (body @ _LUM < 100), 0, 255).astype(np.float32)
+            return self.put(
+                cx, cy, r, "car", "cab", (body, cab), theta, (1.0, 0.62), category=_VEHICLE, paved_ok=True
+            )
+        glass = np.float32([28, 32, 40]) if body @ _LUM > 100 else np.float32([150, 165, 180])
+        return self.put(
+            cx, cy, r, "car", "windshield", (body, glass), theta, category=_VEHICLE, paved_ok=True
+        )
+
+    def tree_colours(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        dark = np.array([rng.uniform(22, 48), rng.uniform(50, 82), rng.uniform(18, 42)], dtype=np.float32)
+        light = dark + np.array(
+            [rng.uniform(22, 38), rng.uniform(30, 48), rng.uniform(14, 26)], dtype=np.float32
+        )
+        return dark, light
+
+    def tree(self, cx: float, cy: float, d: float, colours=None) -> bool:
+        if colours is None:
+            colours = self.tree_colours()
+        else:  # one species, a little variation per crown
+            jitter = np.float32(self.rng.uniform(0.9, 1.1))
+            colours = (colours[0] * jitter, colours[1] * jitter)
+        theta = float(self.rng.uniform(0, 2 * math.pi))
+        return self.put(cx, cy, d / 2, "canopy", "speckle", colours, theta, category=_TREE)
+
+    def building(self, cx: float, cy: float, side: float, theta: float, large: bool = False) -> bool:
+        """A house (pitched roof) or a large flat-roofed building of box side ~``side`` px."""
+        rng = self.rng
+        aspect = float(rng.uniform(0.6, 1.0) if large else rng.uniform(0.65, 1.0))
+        r = side / (1.36 * math.sqrt(aspect))
+        if large:
+            roof = self.contrasting(_FLAT_ROOFS, cx, cy, r)
+            units = roof * 0.62 if roof @ _LUM > 110 else roof + 70
+            colours, shape, texture = (roof, np.clip(units, 0, 255).astype(np.float32)), "block", "vents"
+        else:
+            roof = self.contrasting(_ROOFS, cx, cy, r)
+            colours, texture = (roof, (roof * 0.7).astype(np.float32)), "gable"
+            shape = "lshape" if rng.random() < 0.25 else "block"
+        return self.put(cx, cy, r, shape, texture, colours, theta, (1.0, aspect), category=_BUILDING)
+
+    # ------------------------------------------------------------ clusters
+
+    def forest(self) -> bool:
+        """A dense wood of overlapping crowns: one ``iscrowd`` box, its area the union of crowns.
+
+        The box is reserved afterwards, so no other object lies inside it.
+        """
+        rng, s = self.rng, self.s
+        side = float(rng.uniform(*s.crowd_region))
+        d = float(np.clip(self.car * rng.uniform(1.2, 2.2), 8, 40))
+        reach = side / 2 + 0.6 * d + 2
+        for _ in range(10):
+            cx, cy = rng.uniform(side / 2, [self.width - side / 2, self.height - side / 2])
+            x0, x1 = max(0, int(cx - reach)), min(self.width, int(math.ceil(cx + reach)))
+            y0, y1 = max(0, int(cy - reach)), min(self.height, int(math.ceil(cy + reach)))
+            if (self.occ[y0:y1, x0:x1] != _FREE).any():
+                continue
+            union = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+            step = d * float(rng.uniform(0.55, 0.75))
+            rx, ry = side / 2 * float(rng.uniform(0.7, 1.0)), side / 2
+            colours = self.tree_colours()
+            for gy in np.arange(cy - ry, cy + ry + 1e-6, step):
+                for gx in np.arange(cx - rx, cx + rx + 1e-6, step):
+                    px, py = np.array([gx, gy]) + rng.uniform(-0.25, 0.25, 2) * step
+                    if ((px - cx) / rx) ** 2 + ((py - cy) / ry) ** 2 > 1:
+                        continue
+                    jitter = np.float32(rng.uniform(0.9, 1.1))
+                    drawn = _shape_patch(
+                        rng, self.width, self.height, px, py, d / 2 * float(rng.uniform(0.8, 1.2)), "canopy",
+                        "speckle", (colours[0] * jitter, colours[1] * jitter), float(rng.uniform(0, 2 * math.pi)), (1.0, 1.0),
+                    )  # fmt: skip
+                    if drawn is None:
+                        continue
+                    (ox, oy), alpha, _ = drawn
+                    _composite(self.canvas, *drawn)
+                    union[oy - y0 : oy - y0 + alpha.shape[0], ox - x0 : ox - x0 + alpha.shape[1]] |= (
+                        alpha >= 0.5
+                    )
+            tight = _tight_box((x0, y0), union.astype(np.float32))
+            if tight is None:
+                return False
+            bx0, by0, bx1, by1, _ = (int(v) for v in tight)
+            self.occ[max(0, by0 - 1) : by1 + 1, max(0, bx0 - 1) : bx1 + 1] = _TAKEN
+            truncated = bx0 <= 0 or by0 <= 0 or bx1 >= self.width or by1 >= self.height
+            self.annotations.append(_annotation(_TREE, tight, crowd=True, truncated=truncated))
+            return True
+        return False
+
+    def large_buildings(self) -> None:
+        """Warehouses: next to a parking lot where one fits, else anywhere off the roads."""
+        rng = self.rng
+        n = int(rng.integers(self.s.large_objects[0], self.s.large_objects[1] + 1))
+        placed = 0
+        for lot in self.lots:
+            if placed >= n:
+                break
+            side = float(rng.uniform(*self.s.large_size))
+            ea = np.array([math.cos(lot.angle), math.sin(lot.angle)])
+            eb = np.array([-ea[1], ea[0]])
+            gap = 0.5 * self.car + 0.75 * side
+            for e, half in (
+                (eb, lot.depth / 2),
+                (-eb, lot.depth / 2),
+                (ea, lot.length / 2),
+                (-ea, lot.length / 2),
+            ):
+                x, y = np.array([lot.cx, lot.cy]) + e * (half + gap)
+                if self.building(float(x), float(y), side, lot.angle, large=True):
+                    placed += 1
+                    break
+        for _ in range(8 * n):
+            if placed >= n:
+                break
+            x, y = self.position()
+            theta = self.angle + float(rng.normal(0, 0.05))
+            placed += self.building(
+                float(x), float(y), float(rng.uniform(*self.s.large_size)), theta, large=True
+            )
+
+    def parked_cars(self) -> None:
+        rng = self.rng
+        for lot in self.lots:
+            fill = float(rng.uniform(0.45, 0.95))
+            for x, y, heading in lot.slots:
+                if rng.random() < fill:
+                    jx, jy = rng.normal(0, 0.04 * self.car, 2)
+                    self.vehicle(
+                        x + jx, y + jy, heading + float(rng.normal(0, 0.04)), truck=bool(rng.random() < 0.03)
+                    )
+
+    def streets(self) -> None:
+        """Rows of houses along the roads, with trees and pools behind and cars in driveways."""
+        rng, car = self.rng, self.car
+        for road in self.roads:
+            for _ in range(int(rng.integers(1, 4))):
+                side = float(np.clip(car * rng.uniform(2.2, 4.2), 16, 80))
+                spacing = side * float(rng.uniform(1.3, 1.8))
+                setback = car * float(rng.uniform(1.3, 2.0))
+                ts = float(rng.uniform(road.t_lo, road.t_hi)) + spacing * np.arange(int(rng.integers(5, 21)))
+                pts, dirs = road.at(ts)
+                sides = (1, -1) if rng.random() < 0.6 else (int(rng.choice([1, -1])),)
+                for sign in sides:
+                    for p, d in zip(pts, dirs):
+                        if rng.random() < 0.12:  # an empty plot
+                            continue
+                        normal = sign * np.array([-d[1], d[0]])
+                        heading = math.atan2(d[1], d[0])
+                        edge = road.width / 2 + setback
+                        x, y = p + normal * (edge + side / 2)
+                        if not self.building(float(x), float(y), side, heading + float(rng.normal(0, 0.03))):
+                            continue
+                        if rng.random() < 0.35:  # a car in the driveway
+                            x, y = (
+                                p
+                                + normal * (road.width / 2 + setback / 2)
+                                + d * side * float(rng.uniform(-0.3, 0.3))
+                            )
+                            self.vehicle(
+                                float(x),
+                                float(y),
+                                math.atan2(normal[1], normal[0]) + math.pi * int(rng.integers(2)),
+                            )
+                        back = p + normal * (edge + side + car * float(rng.uniform(0.3, 1.0)))
+                        if rng.random() < 0.55:
+                            tree = float(np.clip(car * rng.uniform(0.9, 2.5), 6, 70))
+                            x, y = back + normal * tree / 2 + d * side * float(rng.uniform(-0.4, 0.4))
+                            self.tree(float(x), float(y), tree)
+                        if rng.random() < 0.12:
+                            pool = side * float(rng.uniform(0.35, 0.6))
+                            x, y = back + normal * pool / 2 + d * side * float(rng.uniform(-0.4, 0.4))
+                            self.pool(float(x), float(y), pool, heading)
+
+    def traffic(self) -> None:
+        """Queues of cars (some trucks) in both lanes of each road."""
+        rng, car = self.rng, self.car
+        for road in self.roads:
+            for _ in range(int(rng.poisson((road.t_hi - road.t_lo) / (60 * car) * self.s.density))):
+                lane = int(rng.choice([1, -1]))
+                t = float(rng.uniform(road.t_lo, road.t_hi))
+                for _ in range(int(rng.integers(2, 9))):
+                    truck = bool(rng.random() < 0.1)
+                    p, d = road.at(t)
+                    x, y = p[0] + lane * np.array([-d[0, 1], d[0, 0]]) * road.width / 4
+                    heading = math.atan2(d[0, 1], d[0, 0]) + (0.0 if lane > 0 else math.pi)
+                    self.vehicle(float(x), float(y), heading + float(rng.normal(0, 0.03)), truck)
+                    t += lane * car * (2.3 if truck else 1.0) * float(rng.uniform(1.5, 2.3))
+
+    def orchards(self) -> None:
+        rng = self.rng
+        for _ in range(self.count(0, 2, 0.1)):
+            d = float(np.clip(self.car * rng.uniform(0.9, 1.6), 6, 40))
+            step = d * float(rng.uniform(1.3, 1.7))
+            rows, cols = int(rng.integers(4, 11)), int(rng.integers(5, 17))
+            eu = np.array([math.cos(self.angle), math.sin(self.angle)])
+            ev = np.array([-eu[1], eu[0]])
+            centre, colours = self.position(), self.tree_colours()
+            for i in range(rows):
+                for j in range(cols):
+                    if rng.random() < 0.9:
+                        ju, jv = rng.normal(0, 0.06 * step, 2)
+                        x, y = (
+                            centre
+                            + ((j - (cols - 1) / 2) * step + ju) * eu
+                            + ((i - (rows - 1) / 2) * step + jv) * ev
+                        )
+                        self.tree(float(x), float(y), d * float(rng.uniform(0.9, 1.1)), colours)
+
+    def hedgerows(self) -> None:
+        """Lines of trees along field edges."""
+        rng = self.rng
+        strips = self._strips()
+        lo, hi = self._u_range()
+        eu = np.array([math.cos(self.angle), math.sin(self.angle)])
+        ev = np.array([-eu[1], eu[0]])
+        for _ in range(self.count(2, 4, 0.3)):
+            v = float(rng.choice(strips)) * self.field_h
+            d = float(np.clip(self.car * rng.uniform(1.0, 2.0), 7, 50))
+            u = float(rng.uniform(lo, hi))
+            end = u + float(rng.uniform(300, 1500))
+            colours = self.tree_colours()
+            while u < end:
+                dd = d * float(rng.uniform(0.85, 1.15))
+                x, y = u * eu + (v + float(rng.normal(0, 0.1 * d))) * ev
+                self.tree(float(x), float(y), dd, colours)
+                u += dd * float(rng.uniform(1.05, 1.35))
+
+    def tree_groups(self) -> None:
+        rng = self.rng
+        for _ in range(self.count(3, 6, 1.0)):
+            centre = self.position()
+            sigma = float(np.clip(self.car * rng.uniform(1.0, 2.5), 6, 60)) * float(rng.uniform(1.2, 3.0))
+            colours = self.tree_colours() if rng.random() < 0.5 else None
+            for _ in range(int(rng.integers(4, 21))):
+                d = float(np.clip(self.car * rng.uniform(0.8, 3.2), 6, 70))
+                x, y = centre + rng.normal(0, sigma, 2)
+                self.tree(float(x), float(y), d, colours)
+
+    def pool(self, cx: float, cy: float, side: float, theta: float) -> bool:
+        aspect = float(self.rng.uniform(0.45, 0.9))
+        colour = np.clip(np.array([70, 185, 215]) + self.rng.normal(0, 10, 3), 0, 255).astype(np.float32)
+        r = side / (1.36 * math.sqrt(aspect))
+        return self.put(cx, cy, r, "block", None, (colour, colour), theta, (1.0, aspect), kind="pool")
+
+    def distractors(self) -> None:
+        """Top up the pools drawn in gardens with lone pools and rows of storage tanks."""
+        rng, s = self.rng, self.s
+        target = self.count(s.distractors[0], s.distractors[1], s.distractors_per_mp)
+        for _ in range(6 * target):
+            if len(self.d_boxes) >= target:
+                break
+            x, y = self.position()
+            if rng.random() < 0.5:
+                self.pool(float(x), float(y), float(rng.uniform(15, 45)), float(rng.uniform(0, math.pi)))
+                continue
+            d = float(rng.uniform(16, 50))
+            e = np.array([math.cos(self.angle), math.sin(self.angle)])
+            shell = np.float32(rng.uniform(196, 236))
+            rings = (np.full(3, shell, np.float32), np.full(3, shell * 0.75, np.float32))
+            for k in range(int(rng.integers(1, 4))):
+                cx, cy = np.array([x, y]) + e * k * d * 1.2
+                self.put(float(cx), float(cy), d / 2, "disc", "bullseye", rings, 0.0, kind="tank")
+
+
+def _make_aerial_image(seed: int, index: int, s: AerialSettings) -> SyntheticImage:
+    rng = np.random.default_rng([seed, index])
+    width, height = _image_size(rng, s)
+    scene = _AerialScene(rng, s, width, height)
+    scene.ground()
+    n_crowd = 0
+    while rng.random() < s.crowd_prob and n_crowd < 2:  # woods first: they need open ground
+        n_crowd += scene.forest()
+    scene.large_buildings()
+    scene.parked_cars()
+    scene.streets()
+    scene.traffic()
+    scene.orchards()
+    scene.hedgerows()
+    scene.tree_groups()
+    scene.distractors()
+    _add_noise(rng, scene.canvas, float(rng.uniform(*s.noise_sigma)))
+    boxes = np.asarray(scene.d_boxes, dtype=np.float64).reshape(-1, 4)
+    return SyntheticImage(scene.canvas, scene.annotations, boxes, scene.d_kinds)
+
+
 # ---------------------------------------------------------------- dataset
 
 
@@ -646,26 +1432,47 @@ def _split(n: int, seed: int, val_fraction: float) -> np.ndarray:
     return is_val
 
 
+def _resolve(preset: str | None, settings: SyntheticSettings | None) -> tuple[Preset, SyntheticSettings]:
+    """The preset and the settings to use; without a preset name the settings' type decides."""
+    if preset is None:
+        preset = "aerial" if isinstance(settings, AerialSettings) else "default"
+    p = get_preset(preset)
+    if settings is None:
+        return p, p.settings
+    if isinstance(settings, AerialSettings) != isinstance(p.settings, AerialSettings):
+        raise ValueError(
+            f"settings of type {type(settings).__name__} do not fit preset {preset!r} "
+            f"(it takes {type(p.settings).__name__})"
+        )
+    return p, settings
+
+
 def make_dataset(
     out_dir: str | Path,
     *,
-    images: int = 160,
+    images: int | None = None,
     seed: int = 0,
     val_fraction: float = 0.2,
     settings: SyntheticSettings | None = None,
+    preset: str | None = None,
     progress: bool = True,
 ) -> SyntheticSummary:
     """Write ``OUT/images/*.jpg``, ``OUT/train.json``, ``OUT/val.json`` and ``OUT/README.txt``.
 
-    COCO ``file_name`` values are relative to ``OUT/images``. Image ids are 1..N and
-    annotation ids are unique across both splits. Rewriting an earlier synthetic dataset
-    in place is allowed (stale numbered images are removed); any other non-empty OUT is refused.
+    ``preset`` is a name in :data:`PRESETS` ("default" unless ``settings`` are
+    :class:`AerialSettings`); ``images`` defaults to the preset's count (160 default, 12 aerial)
+    and ``settings`` to the preset's. COCO ``file_name`` values are relative to ``OUT/images``.
+    Image ids are 1..N and annotation ids are unique across both splits. Rewriting an earlier
+    synthetic dataset in place is allowed (stale numbered images are removed); any other
+    non-empty OUT is refused.
     """
+    chosen, s = _resolve(preset, settings)
+    if images is None:
+        images = chosen.images
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    s = settings or SyntheticSettings()
     out = Path(out_dir)
     _check_out_dir(out)
     for stale in ("train.json", "val.json"):
@@ -708,8 +1515,10 @@ def make_dataset(
         if _IMAGE_NAME.match(p.name) and p.name not in keep:
             p.unlink()
     info = {"description": README_MARKER, "seed": seed, "images": images, "val_fraction": val_fraction}
+    if chosen.name != "default":  # (absent: the default preset, as in datasets from before presets)
+        info["preset"] = chosen.name
     for key, data in splits.items():
-        atomic_write_json(out / f"{key}.json", {"info": info, **data, "categories": list(CATEGORIES)})
+        atomic_write_json(out / f"{key}.json", {"info": info, **data, "categories": list(chosen.categories)})
     summary = SyntheticSummary(
         out_dir=out,
         seed=seed,
@@ -720,27 +1529,33 @@ def make_dataset(
         crowd_annotations=n_crowd,
         truncated_annotations=n_trunc,
         distractors=n_dis,
-        categories=tuple(c.name for c in CLASSES),
+        categories=tuple(c["name"] for c in chosen.categories),
         seconds=time.perf_counter() - start,
+        preset=chosen.name,
     )
-    atomic_write_text(out / "README.txt", _readme(summary, s, val_fraction))
+    atomic_write_text(out / "README.txt", _readme(summary, s, val_fraction, chosen))
     return summary
 
 
-def _readme(summary: SyntheticSummary, s: SyntheticSettings, val_fraction: float) -> str:
-    cats = "\n".join(f"  {c.id:>3}  {c.name:<17} {c.shape} with {c.texture} texture" for c in CLASSES)
+def _readme(summary: SyntheticSummary, s: SyntheticSettings, val_fraction: float, p: Preset) -> str:
+    if p.name == "default":  # (kept byte-identical to the README of datasets from before presets)
+        flag, what = "", "categories (sparse ids; colours are random, so shape + texture decide the class):"
+        cats = "\n".join(f"  {c.id:>3}  {c.name:<17} {c.shape} with {c.texture} texture" for c in CLASSES)
+    else:
+        flag, what = f" --preset {p.name}", f"preset {p.name}: {p.description}\n\ncategories (sparse ids):"
+        cats = "\n".join(f"  {c['id']:>3}  {c['name']:<9} {_AERIAL_LOOKS[c['name']]}" for c in p.categories)
     return f"""{README_MARKER}
 Generated by `sniper make-dataset` (sniper.data.synthetic); regenerate with
-  sniper make-dataset OUT --images {summary.images} --seed {summary.seed} --val-fraction {val_fraction}
+  sniper make-dataset OUT{flag} --images {summary.images} --seed {summary.seed} --val-fraction {val_fraction}
 The same seed gives byte-identical JSON and identical pixels.
 
 images: {summary.images} ({summary.train_images} train.json, {summary.val_images} val.json), in images/,
   COCO file_name relative to images/; JPEG quality {s.jpeg_quality}
 annotations: {summary.annotations} ({summary.crowd_annotations} iscrowd clusters, \
 {summary.truncated_annotations} truncated at the image border, box = visible part)
-unlabeled distractors drawn: {summary.distractors} ({", ".join(DISTRACTOR_KINDS)})
+unlabeled distractors drawn: {summary.distractors} ({", ".join(p.distractor_kinds)})
 
-categories (sparse ids; colours are random, so shape + texture decide the class):
+{what}
 {cats}
 
 settings:
