@@ -237,3 +237,20 @@ def test_train_without_config_plans_first(tmp_path, monkeypatch, capsys):
     assert main([*argv[:-1], str(tmp_path / "run2"), "--config", "paper_resnet101"]) == 0
     assert to_dict(seen["cfg"]) == to_dict(load_config("paper_resnet101"))
     assert not (tmp_path / "run2" / "plan").exists()
+
+
+def test_train_warns_in_one_line_when_the_schedule_is_far_below_the_floor(capsys):
+    from sniper.config import Config
+    from sniper.engine.pipeline import _warn_if_short
+
+    cfg = Config()
+    cfg.train.batch_size, cfg.train.epochs = 8, 6
+    _warn_if_short(cfg, batches_per_epoch=21, world_size=1)  # 126 iterations: the 2-image dataset of the issue
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "warning" in out[0] and "1008 chips" in out[0] and "train.iterations" in out[0]
+    cfg.train.iterations = MIN_CHIPS_SEEN // 8  # planned: at the floor
+    _warn_if_short(cfg, batches_per_epoch=21, world_size=1)
+    assert capsys.readouterr().out == ""
+    cfg.train.iterations = None  # 6 epochs of 200 batches x 8 chips x 2 ranks
+    _warn_if_short(cfg, batches_per_epoch=200, world_size=2)
+    assert capsys.readouterr().out == ""

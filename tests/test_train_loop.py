@@ -99,3 +99,23 @@ def test_lr_schedule_warmup_and_steps():
     assert f(19) == pytest.approx(1.0)
     assert f(20) == pytest.approx(0.1)
     assert f(40) == pytest.approx(0.01)
+
+
+def test_schedule_in_iterations_runs_exactly_that_long_with_its_steps(tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg(iterations=15, lr_steps_iters=[9], warmup_iters=0, checkpoint_every=0, log_every=1)
+    spec = StageSpec("toy", epochs=cfg.epochs, lr=cfg.lr, iterations=cfg.iterations)
+    res = train_stage(ToyDetector(), ToySource(), spec, cfg, tmp_path, device=torch.device("cpu"))
+    assert res.iterations == 15  # not 4 epochs x 6 batches, and past the end of epoch 2 (12)
+    lrs = {r["iter"]: r["lr"] for r in map(json.loads, (tmp_path / "logs" / "toy.jsonl").read_text().splitlines())}
+    # a row logs the lr of the next iteration: step 9 (0-based) is the first at 0.1x, not epoch 3's
+    assert lrs[8] == pytest.approx(0.05) and lrs[9] == pytest.approx(0.005) and lrs[15] == pytest.approx(0.005)
+    assert latest_checkpoint(tmp_path, "toy").name == "toy_it00000015.pt"
+
+
+def test_iteration_steps_replace_epoch_steps():
+    f = build_lr_lambda(TrainConfig(warmup_iters=0, lr_steps=[1.0], lr_steps_iters=[7], lr_gamma=0.1), 100)
+    assert f(6) == pytest.approx(1.0) and f(7) == pytest.approx(0.1) and f(99) == pytest.approx(0.1)
+    with pytest.raises(Exception, match="no iterations"):
+        train_stage(ToyDetector(), ToySource(), StageSpec("t", epochs=0, lr=0.1), _cfg(), "/nonexistent-unused",
+                    device=torch.device("cpu"))  # fmt: skip
