@@ -34,6 +34,11 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=1200)
     ap.add_argument("--every", type=int, default=150)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--name", default=None, help="results file stem (default: schedule_<preset>)")
+    ap.add_argument("--no-plan", action="store_true", help="train with --base as it is instead of planning")
+    ap.add_argument("--data", default=None, help="an existing dataset folder (train.json, val.json, images/)")
+    ap.add_argument("--reuse", default=None,
+                    help="a finished run on the same data and config: copy its stages 1-3 (RPN, proposals, negatives)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
@@ -52,7 +57,7 @@ def main() -> int:
 
     tune_malloc()
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"sniper_sched_{args.preset}_"))
-    data = work / "data"
+    data = Path(args.data) if args.data else work / "data"
     if not (data / "val.json").exists():
         make_dataset(data, images=args.images, seed=0, preset=args.preset)
     train_json, val_json, images = data / "train.json", data / "val.json", data / "images"
@@ -60,11 +65,13 @@ def main() -> int:
     base.model.pretrained = (Path(torch.hub.get_dir()) / "checkpoints" / "mobilenet_v2-b0353104.pth").is_file()
     plan = plan_from_dataset(load_coco(train_json), base)
     print(plan.summary())
-    cfg = apply_overrides(plan.config, [
+    cfg = apply_overrides(base if args.no_plan else plan.config, [
         f"train.iterations={args.iters}", "train.lr_steps_iters=[]", f"train.checkpoint_every={args.every}",
         "train.keep_checkpoints=1000", *args.overrides,
     ])  # fmt: skip
     run = work / "run"
+    if args.reuse and not (run / "stages.json").exists():
+        _copy_stages(Path(args.reuse), run)
     t0 = time.perf_counter()
     result = run_pipeline(cfg, train_json, images, run, resume=True)
     train_s = time.perf_counter() - t0
@@ -99,13 +106,29 @@ def main() -> int:
         print(f"{r['iterations']:>10} {r['chips_seen']:>10} {r['AP']:>7.3f} {r['AP50']:>7.3f}")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"preset": args.preset, "train_images": len(load_coco(train_json)), "batch": cfg.train.batch_size,
+    payload = {"preset": args.preset, "planned": not args.no_plan, "train_images": len(load_coco(train_json)), "batch": cfg.train.batch_size,
                "lr": cfg.train.lr, "pipeline_seconds": round(train_s, 1), "stage_seconds": result.stage_seconds,
                "rows": rows, "plan": plan.to_dict()["scales"]}  # fmt: skip
-    (out / f"schedule_{args.preset}.json").write_text(json.dumps(payload, indent=2))
-    _plot(rows, out / f"schedule_{args.preset}.png", args.preset)
-    print(f"wrote {out / f'schedule_{args.preset}.json'}")
+    stem = args.name or f"schedule_{args.preset}"
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    _plot(rows, out / f"{stem}.png", f"{args.preset}, {payload['train_images']} train images")
+    print(f"wrote {out / f'{stem}.json'}")
     return 0
+
+
+def _copy_stages(src: Path, run: Path) -> None:
+    import shutil
+
+    run.mkdir(parents=True, exist_ok=True)
+    for name in ("chips_pos", "chips.parquet", "proposals.json", "rpn_model.pt"):
+        p = src / name
+        if p.is_dir():
+            shutil.copytree(p, run / name, dirs_exist_ok=True)
+        elif p.exists():
+            shutil.copy2(p, run / name)
+    book = json.loads((src / "stages.json").read_text())
+    book.pop("detector", None)
+    (run / "stages.json").write_text(json.dumps(book))
 
 
 def _plot(rows, path: Path, name: str) -> None:

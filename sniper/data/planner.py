@@ -237,7 +237,7 @@ def _factors(stats: DatasetStats, K: int, stride: int) -> tuple[list[float], boo
     big = max(stats.sizes["p99.5"], 1.0)
     f_whole = stats.whole_factor(K)
     # the p99.5 object at the band's top, and the longest box inside a chip with room for the stride
-    f_big = min(hi_px / big, (K - stride) / max(stats.box_long_side_max, 1.0))
+    f_big = min(hi_px / big, 0.99 * (K - stride) / max(stats.box_long_side_max, 1.0))
     # whole image per chip when its largest objects stay within ~2x of the band's top; images
     # no larger than the chip are not upsampled for it (factor 1 keeps them whole)
     # ... and when no image is upsampled more than 2x for it (p5 of the long side >= K/2)
@@ -254,7 +254,11 @@ def _factors(stats: DatasetStats, K: int, stride: int) -> tuple[list[float], boo
 
 
 def _round_factor(f: float) -> float:
-    return float(f"{f:.3g}")
+    """Three significant digits, rounded down (a coarsest factor chosen to fit a box must not grow)."""
+    r = float(f"{f:.3g}")
+    if r > f:
+        r -= 10 ** (math.floor(math.log10(f)) - 2)
+    return float(f"{r:.3g}")
 
 
 def _ranges(fs: Sequence[float], K: int) -> list[tuple[float | None, float | None]]:
