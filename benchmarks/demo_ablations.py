@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ def main() -> int:
 
     from sniper.config import apply_overrides, load_config
     from sniper.engine.evaluate import evaluate_detections, max_dets_for
-    from sniper.engine.pipeline import run_pipeline
+    from sniper.engine.pipeline import reuse_stages, run_pipeline
     from sniper.engine.predict_run import predict_to_folder
     from sniper.model.detector import SniperFasterRCNN
     from sniper.runtime import release_memory, tune_malloc
@@ -66,17 +65,7 @@ def main() -> int:
     if not args.skip_roi:
         run = work / "valid_gt_run"
         if not (run / "model_final.pt").exists():
-            run.mkdir(parents=True, exist_ok=True)
-            src = demo / "sniper_run"
-            for name in ("chips_pos", "chips.parquet", "proposals.json", "rpn_model.pt"):
-                p = src / name
-                if p.is_dir():
-                    shutil.copytree(p, run / name, dirs_exist_ok=True)
-                elif p.exists():
-                    shutil.copy2(p, run / name)
-            book = json.loads((src / "stages.json").read_text())
-            book.pop("detector", None)
-            (run / "stages.json").write_text(json.dumps(book))
+            reuse_stages(demo / "sniper_run", run)
             cfg = apply_overrides(load_config(demo / "config.yaml"), ["model.roi_match=valid_gt"])
             run_pipeline(cfg, demo / "data" / "train.json", images, run, resume=True)
             release_memory()

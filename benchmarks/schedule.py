@@ -50,7 +50,7 @@ def main() -> int:
     from sniper.data.synthetic import make_dataset
     from sniper.engine.checkpoint import load_checkpoint, save_model_final
     from sniper.engine.evaluate import evaluate_detections, max_dets_for
-    from sniper.engine.pipeline import run_pipeline
+    from sniper.engine.pipeline import reuse_stages, run_pipeline
     from sniper.engine.predict_run import predict_to_folder
     from sniper.model import build_model
     from sniper.runtime import release_memory, tune_malloc
@@ -71,7 +71,7 @@ def main() -> int:
     ])  # fmt: skip
     run = work / "run"
     if args.reuse and not (run / "stages.json").exists():
-        _copy_stages(Path(args.reuse), run)
+        reuse_stages(Path(args.reuse), run)
     t0 = time.perf_counter()
     result = run_pipeline(cfg, train_json, images, run, resume=True)
     train_s = time.perf_counter() - t0
@@ -114,21 +114,6 @@ def main() -> int:
     _plot(rows, out / f"{stem}.png", f"{args.preset}, {payload['train_images']} train images")
     print(f"wrote {out / f'{stem}.json'}")
     return 0
-
-
-def _copy_stages(src: Path, run: Path) -> None:
-    import shutil
-
-    run.mkdir(parents=True, exist_ok=True)
-    for name in ("chips_pos", "chips.parquet", "proposals.json", "rpn_model.pt"):
-        p = src / name
-        if p.is_dir():
-            shutil.copytree(p, run / name, dirs_exist_ok=True)
-        elif p.exists():
-            shutil.copy2(p, run / name)
-    book = json.loads((src / "stages.json").read_text())
-    book.pop("detector", None)
-    (run / "stages.json").write_text(json.dumps(book))
 
 
 def _plot(rows, path: Path, name: str) -> None:

@@ -199,3 +199,22 @@ def test_model_categories_are_stored_in_label_order():
     assert [c["id"] for c in cats] == coco.category_of([1, 2, 3]).tolist() == [1, 7, 90]
     assert [c["name"] for c in cats] == ["person", "7", "zebra"]
     assert cats == coco.categories_by_label()
+
+
+def test_reuse_stages_copies_the_first_three_and_leaves_the_detector_to_train(tmp_path):
+    from sniper.engine.pipeline import StageBook, reuse_stages
+
+    src = tmp_path / "src"
+    (src / "chips_pos").mkdir(parents=True)
+    (src / "chips_pos" / "chips.parquet").write_bytes(b"pos")
+    for name in ("rpn_model.pt", "proposals.json", "chips.parquet", "model_final.pt"):
+        (src / name).write_bytes(name.encode())
+    book = {s: {"done": True, "seconds": 1.0} for s in ("rpn", "proposals", "negatives", "detector")}
+    (src / "stages.json").write_text(json.dumps(book))
+    dst = tmp_path / "dst"
+    reuse_stages(src, dst)
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "chips.parquet", "chips_pos", "proposals.json", "rpn_model.pt", "stages.json"]  # fmt: skip
+    assert (dst / "chips_pos" / "chips.parquet").read_bytes() == b"pos"
+    b = StageBook(dst)
+    assert b.done("rpn") and b.done("proposals") and b.done("negatives") and not b.done("detector")

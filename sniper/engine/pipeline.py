@@ -139,6 +139,26 @@ def _wrap(model: torch.nn.Module, device: torch.device, dist_info: DistInfo, rpn
     )
 
 
+def reuse_stages(src: Path, dst: Path, stages: tuple[str, ...] = ("rpn", "proposals", "negatives")) -> None:
+    """Start run ``dst`` with the finished ``stages`` of run ``src`` (same data and config up to
+    them): their files are copied and marked done, so ``run_pipeline(..., dst)`` trains only the
+    rest (ablations of the detector stage)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    files = {"rpn": ("chips_pos", "rpn_model.pt"), "proposals": ("proposals.json",), "negatives": ("chips.parquet",)}
+    for stage in stages:
+        for name in files.get(stage, ()):
+            p = src / name
+            if p.is_dir():
+                shutil.copytree(p, dst / name, dirs_exist_ok=True)
+            elif p.exists():
+                shutil.copy2(p, dst / name)
+    book = read_json(src / "stages.json")
+    atomic_write_json(dst / "stages.json", {k: v for k, v in book.items() if k in stages})
+
+
 def _warn_if_short(cfg: Config, batches_per_epoch: int, world_size: int) -> None:
     """One line when the detector schedule is far below the floor under which little is learned."""
     from sniper.data.planner import MIN_CHIPS_SEEN
