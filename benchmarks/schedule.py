@@ -80,9 +80,7 @@ def main() -> int:
     logs = [json.loads(x) for x in (run / "logs" / "detector.jsonl").read_text().splitlines() if x.strip()]
     rows = []
     ckpts = sorted(run.glob("checkpoints/detector_it*.pt"))
-    from sniper.data.coco import categories_in_label_order
-
-    cats = categories_in_label_order(load_coco(train_json))
+    cats = load_coco(train_json).categories_by_label()
     max_dets = max_dets_for(val_json)[0]
     for ck in ckpts:
         it = int(re.search(r"_it(\d+)", ck.name).group(1))
