@@ -19,7 +19,8 @@ from sniper.config import load_config, to_dict
 from sniper.data.coco import load_coco
 from sniper.data.planner import MIN_CHIPS_SEEN, plan_from_dataset
 
-COCO_100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_val2014_100.json"
+# real COCO box statistics (a copy of shared/data/coco_val2014_100.json; tests/fixtures/README.md)
+COCO_100 = Path(__file__).resolve().parent / "fixtures" / "coco_val2014_100.json"
 
 
 def coco_dict(images: list[tuple[int, int]], boxes: list[list[tuple[float, float, float, float, int]]]):
