@@ -17,7 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chip-size", type=int, default=None, help="chip side K (default: from the image sizes)")
     p.add_argument("--images", default=None, help="image root (optional: checks that the images are readable)")
     add_config_arguments(p)
-    p.set_defaults(config=None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -455,7 +455,6 @@ def plan_from_dataset(ds: CocoDataset, base: Config | None = None, *, chip_size:
     per_img_p99 = float(stats.objects_per_image["p99"])
     cfg.model = replace(
         m,
-        pretrained=True if base is None else m.pretrained,
         anchor_sizes=anchor_sizes,
         aspect_ratios=aspect,
         rpn_post_nms_top_n_train=max(m.rpn_post_nms_top_n_train, math.ceil(4 * per_chip_p99)),
