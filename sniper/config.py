@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from sniper.errors import SniperError
+from sniper.errors import ConfigError, SniperError
 from sniper.scales import Scale, parse_scale
 
 __all__ = [
@@ -296,7 +296,10 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -342,14 +345,30 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def merge_config_file(cfg: Config, path: str | Path) -> Config:
     """``cfg`` updated by the YAML file (or shipped config name) ``path``; keys it lacks keep their values."""
     path = resolve_config_path(path)
-    with open(path, encoding="utf-8") as f:
-        loaded = yaml.safe_load(f) or {}
+    try:
+        # utf-8-sig: files saved by Windows editors often start with a byte-order mark.
+        with open(path, encoding="utf-8-sig") as f:
+            loaded = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (config files are UTF-8 YAML)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path}: a config file must hold a mapping at the top level")
     try:
         return _from_dict(Config, _merge(to_dict(cfg), loaded))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: what is wrong and where (1-based line and column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -147,6 +148,44 @@ def test_interrupted_run_leaves_no_parquet(tmp_path, coco_files, monkeypatch):
     assert list(out.iterdir()) == []  # no chips.parquet, no temp file, no stats.json
 
 
+KILLED_CHIPS = """
+import sys, time
+from sniper.cli import main
+from sniper.data import chip_table
+chip_table.SHARD_SIZE, chip_table.WRITE_ROWS = 1, 1  # rows reach the temp file before the kill
+real, calls = chip_table._mine_shard, []
+def stalled(tasks):
+    calls.append(1)
+    if len(calls) == 3:
+        print("writing", flush=True)
+        time.sleep(60)
+    return real(tasks)
+chip_table._mine_shard = stalled
+main(["chips", "--annotations", sys.argv[1], "--out", sys.argv[2]])
+"""
+
+
+def test_rerun_after_kill_removes_the_temp_file(tmp_path, coco_files, capsys):
+    ann, _ = coco_files
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-c", KILLED_CHIPS, str(ann), str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert "writing\n" in iter(p.stdout.readline, "")  # the CLI prints its load report first
+    finally:
+        p.kill()  # SIGKILL: no clean-up runs in the child
+        p.wait()
+        p.stdout.close()
+    left = [x.name for x in out.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".chips.parquet.{p.pid}-") and left[0].endswith(".tmp")
+    # a live writer's temp file (here: named after pytest's parent process) must survive the rerun
+    live = f".chips.parquet.{os.getppid()}-{left[0].split('-')[1].split('.')[0]}.abcd_123.tmp"
+    (out / live).write_bytes(b"being written")
+    assert run_chips("--annotations", str(ann), "--out", str(out)) == 0
+    assert sorted(x.name for x in out.iterdir()) == sorted([live, "chips.parquet", "stats.json"])
+    assert "removed 1 temp file(s) of an interrupted run" in capsys.readouterr().err
+
+
 def test_malformed_annotations_cli_error(tmp_path):
     d, _ = synthetic_coco(2)
     d["images"][1]["id"] = d["images"][0]["id"]
@@ -197,7 +236,9 @@ def test_visualize(tmp_path, coco_files):
     Image.new("RGB", (640, 480), (200, 30, 30)).save(images / "img0.png")  # only the first image exists
     out = tmp_path / "out"
     args = ["--annotations", str(ann), "--proposals", str(props), "--out", str(out)]
-    assert run_chips(*args, "--visualize", "2", "--images", str(images)) == 0
+    # a missing image stops the default run naming the file; --on-bad-image skip draws a gray canvas
+    assert run_chips(*args, "--visualize", "2", "--images", str(images)) == 2
+    assert run_chips(*args, "--visualize", "2", "--images", str(images), "--on-bad-image", "skip") == 0
     viz = sorted(p.name for p in (out / "viz").iterdir())
     assert viz == ["100_chips.png", "100_items.png", "100_labels.png", "103_chips.png", "103_labels.png"]
     overview = np.asarray(Image.open(out / "viz" / "100_chips.png"))

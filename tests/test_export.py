@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,10 +20,13 @@ from test_chip_dataset import chip_cfg, table_for, write_dataset  # tests/ is on
 from sniper.chips import chip_labels
 from sniper.cli import main
 from sniper.config import Config, to_dict
+from sniper.data import export as export_module
 from sniper.data.chip_dataset import ChipDataset
 from sniper.data.chip_table import ChipTable, build_chip_table
 from sniper.data.coco import load_coco
 from sniper.data.export import export_chips, select_chips
+from sniper.errors import BadImageError
+from sniper.io import owner_tag
 
 
 def small_config() -> Config:
@@ -164,3 +171,166 @@ def test_export_skips_bad_images_counted(tmp_path):
     cfg.data.on_bad_image = "error"
     assert main(["export", "--annotations", str(ann), "--images", str(tmp_path / "images"),
                  "--out", str(tmp_path / "out2"), "--config", str(config_file(tmp_path, cfg))]) == 2  # fmt: skip
+
+
+# ---------------------------------------------------------------- staging: OUT is whole or absent
+
+HOST = owner_tag().split("-")[1]
+
+
+def dead_tag() -> str:
+    """The writer tag of a process that has exited (and been reaped): what a killed run leaves."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return f"{p.pid}-{HOST}"
+
+
+def work_dirs(folder: Path) -> list[str]:
+    """Hidden staging / old folders of export runs in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if ".staging-" in p.name or ".old-" in p.name)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_complete(out: Path, suffix: str) -> None:
+    """OUT holds one whole export: the COCO file lists exactly the chip files there are."""
+    data = json.loads((out / "chips_coco.json").read_text())
+    names = sorted(im["file_name"] for im in data["images"])
+    assert names and all(n.endswith(suffix) for n in names)
+    assert sorted(p.name for p in (out / "images").iterdir()) == names
+    with open(out / "mapping.csv") as f:
+        assert sorted(r["file_name"] for r in csv.DictReader(f)) == names
+
+
+@pytest.fixture
+def three_jpgs(tmp_path):
+    """A dataset of 3 images and a way to truncate the second (header fine, pixels cut off)."""
+    ann = write_dataset(tmp_path, fmt="jpg", n_images=3)
+    coco = load_coco(ann)
+    cfg = small_config()
+    table = select_chips(
+        table_for(coco, cfg.chips), negatives=False, all_negatives=False, neg_per_image=0, seed=0
+    )
+    img1 = tmp_path / "images" / "img1.jpg"
+    good = img1.read_bytes()
+
+    def break_second(broken: bool = True) -> None:
+        img1.write_bytes(good[: len(good) // 2] if broken else good)
+
+    def export(out: Path, fmt: str = "jpg"):
+        return export_chips(coco, table, tmp_path / "images", cfg, out, fmt=fmt, progress=False)
+
+    return tmp_path, ann, cfg, export, break_second
+
+
+def test_failing_on_the_second_image_leaves_no_out(three_jpgs):
+    root, _, cfg, export, break_second = three_jpgs
+    assert cfg.data.on_bad_image == "error"
+    break_second()
+    with pytest.raises(BadImageError, match="img1.jpg"):  # found only while writing its chips
+        export(root / "out")
+    assert not (root / "out").exists() and work_dirs(root) == []
+
+
+def test_failing_export_keeps_the_previous_one(three_jpgs):
+    root, _, _, export, break_second = three_jpgs
+    out = root / "out"
+    export(out, fmt="png")
+    before = snapshot(out)
+    break_second()
+    with pytest.raises(BadImageError):
+        export(out, fmt="jpg")  # other file names: a mix would show
+    assert snapshot(out) == before and work_dirs(root) == []
+
+
+KILLED_EXPORT = """
+import sys, time
+from sniper.cli import main
+from sniper.data import export
+real = export._export_image
+def stalled(rows):
+    result = real(rows)
+    print("one image written", flush=True)
+    time.sleep(60)
+    return result
+export._export_image = stalled
+main(["export", *sys.argv[1:]])
+"""
+
+
+def test_rerun_after_kill_gives_a_complete_export(three_jpgs):
+    root, ann, cfg, _, _ = three_jpgs
+    out = root / "out"
+    args = ["--annotations", str(ann), "--images", str(root / "images"), "--out", str(out),
+            "--config", str(config_file(root, cfg)), "--no-negatives"]  # fmt: skip
+    p = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert "one image written\n" in iter(p.stdout.readline, "")
+    finally:
+        p.kill()  # SIGKILL: nothing of the child's clean-up runs
+        p.wait()
+        p.stdout.close()
+    assert not out.exists()  # the first image's chips are in the killed run's staging folder only
+    [staging] = work_dirs(root)
+    assert staging.startswith(f".out.staging-{p.pid}-") and any((root / staging / "images").iterdir())
+    live = root / f".out.staging-{os.getppid()}-{HOST}.abcd_123"  # a live run's: must survive
+    (live / "images").mkdir(parents=True)
+    assert main(["export", *args]) == 0
+    assert_complete(out, ".jpg")
+    assert work_dirs(root) == [live.name]
+
+
+def test_rerun_after_kill_between_the_commit_renames(three_jpgs):
+    """A kill after OUT was moved aside, before the new export took its place: the next run puts
+    the previous export back (even if it then fails), and a successful one replaces it whole,
+    keeping the user's own files and dropping temp files older versions left in OUT."""
+    root, _, _, export, break_second = three_jpgs
+    out = root / "out"
+    export(out, fmt="png")
+    (out / "data.yaml").write_text("path: out\n")  # the user's own files (see docs/export.md: YOLO)
+    (out / "labels").mkdir()
+    (out / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (out / ".chips_coco.json.abcd_123.tmp").write_bytes(b"{")  # what kill -9 left before staging
+    (out / "images" / ".10_000_s0.jpg.abcd_123.tmp").write_bytes(b"\xff\xd8")
+    before = snapshot(out)
+    tag = dead_tag()
+    os.rename(out, root / f".out.old-{tag}.abcd_123")
+    (root / f".out.staging-{tag}.abcd_123" / "images").mkdir(parents=True)
+    break_second()
+    with pytest.raises(BadImageError):
+        export(out)
+    assert snapshot(out) == before and work_dirs(root) == []
+    break_second(False)
+    summary = export(out)
+    assert_complete(out, ".jpg")  # no .png chips of the previous export left
+    assert (out / "data.yaml").read_text() == "path: out\n" and (out / "labels" / "a.txt").exists()
+    kept = ["chips_coco.json", "data.yaml", "images", "labels", "mapping.csv"]
+    assert sorted(p.name for p in out.iterdir()) == kept
+    assert work_dirs(root) == [] and summary.leftovers_removed == 0
+
+
+def test_out_that_cannot_be_renamed_is_filled_in_place(three_jpgs, monkeypatch):
+    """A mount point (a container volume) cannot be replaced by a rename: staging goes inside OUT."""
+    root, _, _, export, break_second = three_jpgs
+    out = root / "out"
+    out.mkdir()
+    monkeypatch.setattr(export_module, "_stage_in_place", lambda out: True)
+    dead = out / f".out.staging-{dead_tag()}.abcd_123"
+    (dead / "images").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    summary = export(out, fmt="png")
+    assert summary.leftovers_removed == 1
+    assert_complete(out, ".png")
+    before = snapshot(out)
+    break_second()
+    with pytest.raises(BadImageError):
+        export(out)
+    assert snapshot(out) == before
+    break_second(False)
+    export(out)
+    assert_complete(out, ".jpg")
+    assert sorted(p.name for p in out.iterdir()) == ["chips_coco.json", "images", "mapping.csv", "notes.txt"]
+    assert work_dirs(root) == []

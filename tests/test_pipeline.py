@@ -97,9 +97,9 @@ def test_all_four_stages_run_and_record(tiny_data, tmp_path):
     for stage in ("rpn", "detector"):
         assert (tmp_path / "logs" / f"{stage}.jsonl").is_file()
         assert (tmp_path / "plots" / f"{stage}_loss.png").is_file()
-    # a rerun skips every finished stage
+    # a rerun with resume skips every finished stage
     mtime = res.model_path.stat().st_mtime_ns
-    run_pipeline(cfg, tiny_data / "train.json", tiny_data / "images", tmp_path, device="cpu")
+    run_pipeline(cfg, tiny_data / "train.json", tiny_data / "images", tmp_path, device="cpu", resume=True)
     assert res.model_path.stat().st_mtime_ns == mtime
 
 

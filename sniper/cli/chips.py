@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sniper.cli.args import add_config_arguments
+from sniper.cli.args import add_bad_image_argument, add_config_arguments, bad_image_overrides, check_out_dir
 
 __all__ = ["add_arguments", "run"]
 
@@ -34,23 +34,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strict", action="store_true", help="any malformed annotation is an error instead of a skip"
     )
+    add_bad_image_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from sniper.config import load_config
     from sniper.data.chip_table import chip_stats, format_chip_stats, write_chip_table
     from sniper.data.coco import load_coco, load_results
-    from sniper.io import atomic_write_json
+    from sniper.io import atomic_write_json, remove_stale_temps
 
+    check_out_dir(args)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.visualize < 0:
         raise ValueError(f"--visualize must be >= 0, got {args.visualize}")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, bad_image_overrides(args))
     seed = cfg.seed if args.seed is None else args.seed
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
     ds = load_coco(args.annotations, strict=args.strict)
     print(ds.report.format())
     props = None
@@ -59,12 +59,17 @@ def run(args: argparse.Namespace) -> int:
         print(props.report.format())
     totals = write_chip_table(ds, props, cfg.chips, out / "chips.parquet", seed=seed, workers=args.workers)
     stats = chip_stats(totals, cfg, seed, ds, props)
+    remove_stale_temps(out, ["stats.json"])
     atomic_write_json(out / "stats.json", stats)
     print(format_chip_stats(stats))
     print(f"wrote {out / 'chips.parquet'} ({totals.pos + totals.neg} chips) and {out / 'stats.json'}")
     if args.visualize:
         from sniper.viz.chips import visualize_chips
 
-        files = visualize_chips(ds, props, cfg, seed, args.visualize, out / "viz", args.images)
+        bad: list[str] = []
+        remove_stale_temps(out / "viz")
+        files = visualize_chips(ds, props, cfg, seed, args.visualize, out / "viz", args.images, skipped=bad)
         print(f"wrote {len(files)} pictures to {out / 'viz'}")
+        if bad:
+            print(f"{len(bad)} bad image(s) drawn as a gray canvas (--on-bad-image skip)")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sniper.cli.args import add_config_arguments
+from sniper.cli.args import add_config_arguments, check_out_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sniper.engine.demo import run_demo
 
+    check_out_dir(args)
     run_demo(
         args.out,
         images=args.images,

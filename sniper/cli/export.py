@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sniper.cli.args import add_config_arguments
+from sniper.cli.args import add_bad_image_argument, add_config_arguments, bad_image_overrides, check_out_dir
 
 __all__ = ["add_arguments", "run"]
 
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strict", action="store_true", help="any malformed annotation is an error instead of a skip"
     )
+    add_bad_image_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from sniper.data.coco import load_coco, load_results
     from sniper.data.export import export_chips, select_chips
 
+    check_out_dir(args)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.chips is not None and args.proposals is not None:
@@ -46,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not images.is_dir():
         raise NotADirectoryError(f"--images {images}: not a folder")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, bad_image_overrides(args))
     coco = load_coco(args.annotations, strict=args.strict)
     print(coco.report.format())
     if args.chips is not None:

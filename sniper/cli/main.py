@@ -55,11 +55,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (SniperError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except Exception as e:
         if args.debug:
             raise
-        print(f"sniper {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        message, code = describe_error(e)
+        print(f"sniper {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+# Exceptions that user input can cause, besides ``SniperError``: file system problems
+# (the OSError family, which also holds PIL's UnidentifiedImageError and pyarrow's
+# ArrowIOError) and malformed values (ValueError: JSON and Unicode decode errors, pyarrow's
+# ArrowInvalid, bad numbers). Their library messages are kept, made one line, and named by
+# file where the exception carries one.
+def describe_error(e: BaseException) -> tuple[str, int]:
+    """``(one-line message, exit code)`` for an exception that reached the command line:
+    2 for bad input or configuration, 1 for an internal error (a bug: the message says so)."""
+    if isinstance(e, SniperError):
+        return f"error: {e}", 2
+    if isinstance(e, OSError):
+        if e.filename is not None and e.strerror:
+            return f"error: {e.filename}: {e.strerror}", 2
+        return f"error: {_first_line(e)}", 2
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return (
+            "error: out of memory; lower train.batch_size or infer.batch_size, or data.max_image_pixels "
+            f"({_first_line(e)})",
+            2,
+        )
+    if isinstance(e, ValueError) or type(e).__module__.split(".")[0] in ("yaml", "PIL"):
+        return f"error: {_first_line(e)}", 2
+    return (
+        f"internal error: {type(e).__name__}: {_first_line(e)} "
+        "(a bug in sniper: rerun with --debug for the traceback and please report it)",
+        1,
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

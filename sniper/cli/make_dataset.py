@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sniper.outputs import check_output_dir
+
+    check_output_dir(args.out, "OUT")
     s = make_dataset(
         args.out,
         images=args.images,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from sniper.cli.args import add_config_arguments
+from sniper.cli.args import add_config_arguments, check_out_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from sniper.config import load_config
     from sniper.engine.planning import plan_annotations, save_plan
 
+    check_out_dir(args)
     base = load_config(args.config, args.overrides)
     plan = plan_annotations(args.annotations, base, chip_size=args.chip_size)
     if args.images is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sniper.cli.args import add_config_arguments
+from sniper.cli.args import add_bad_image_argument, add_config_arguments, check_out_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,12 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vis-top-k", type=int, default=None, help="draw the K best detections instead")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (infer.batch_size)")
-    p.add_argument(
-        "--on-bad-image",
-        choices=("error", "skip"),
-        default=None,
-        help="stop on an unreadable image, or skip it and list it in the summary (data.on_bad_image)",
-    )
+    add_bad_image_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(p)
 
@@ -46,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from sniper.engine.predict_run import predict_to_folder
     from sniper.errors import SniperError
 
+    check_out_dir(args)
     if args.visualize < 0:
         raise SniperError("--visualize N needs N >= 0")
     if args.batch_size is not None and args.batch_size < 1:

@@ -27,6 +27,12 @@ class BadImagePolicy:
         self.root = root
         self.bad_files: dict[str, str] = {}
         self.bad_ids: set[int] = set()
+        self._new: list[tuple[str, str]] = []
+
+    def newly_bad(self) -> list[tuple[str, str]]:
+        """``(file, reason)`` of the files skipped since the last call (to report them upward)."""
+        new, self._new = self._new, []
+        return new
 
     def get(self, index: int, n: int, image_id_of: Callable[[int], int], make: Callable[[int], T]) -> T:
         """``make(index)``, or under "skip" that of the first following index (cyclically) whose
@@ -41,6 +47,7 @@ class BadImagePolicy:
                         raise
                     self.bad_ids.add(image_id)
                     self.bad_files[e.file] = e.reason
+                    self._new.append((e.file, e.reason))
                     warnings.warn(f"skipping bad image {e.file}: {e.reason} (data.on_bad_image=skip)", stacklevel=3)
             index = (index + 1) % n
         raise BadImageError(self.root, "every image of the dataset is bad")

@@ -28,10 +28,16 @@
   :func:`chip_to_original` maps chip-pixel boxes (predictions) back to the source image.
 
 Sampling, shards, resume: :mod:`sniper.data.epoch_plan`. Bad images (``cfg.data.on_bad_image``):
-"error" raises :class:`~sniper.errors.BadImageError` naming the file; "skip" is meant to go
-through :func:`check_images` before training (lists the bad files, drops their chips, counted);
-a file that only fails at decode time is then replaced by the next chip of a good image,
-with a warning naming the file, and counted in :attr:`ChipDataset.bad_images` (``.bad_files``) of that process.
+:func:`check_images` runs before training (headers: lists the bad files; "skip" drops their
+chips, counted; "error" raises). A file that only fails at decode time (a truncated JPEG):
+
+* "error": :class:`~sniper.errors.BadImageError` naming the file. In a DataLoader worker the
+  item carries the error as data (``target["bad_image"]``) and :class:`ChipBatchSource` raises it
+  in the main process: an exception raised in a worker would be re-created there from its text
+  only, as a traceback dump.
+* "skip": the item is replaced by the next chip of a good image, the file is never tried again
+  in that process, and the item's target carries ``skipped_images`` ``[(file, reason)]``, which
+  :class:`ChipBatchSource` collects from every worker into ``skipped_images``.
 """
 
 from __future__ import annotations
@@ -222,8 +228,17 @@ class ChipDataset(Dataset):
         index, flip = (int(key), False) if isinstance(key, int | np.integer) else (int(key[0]), bool(key[1]))
         if not 0 <= index < len(self.chips):
             raise IndexError(f"chip index {index} out of range [0, {len(self.chips)})")
-        return self.bad_images.get(index, len(self.chips), lambda i: int(self.chips.image_id[i]),
-                                   lambda i: self._item(i, flip))  # fmt: skip
+        try:
+            image, target = self.bad_images.get(index, len(self.chips), lambda i: int(self.chips.image_id[i]),
+                                                lambda i: self._item(i, flip))  # fmt: skip
+        except BadImageError as e:
+            if get_worker_info() is None:
+                raise
+            return None, {"bad_image": (e.file, e.reason)}  # raised again in the main process
+        new = self.bad_images.newly_bad()
+        if new:
+            target["skipped_images"] = new
+        return image, target
 
     def _item(self, index: int, flip: bool) -> tuple[torch.Tensor, Target]:
         content = self.render(index)
@@ -247,9 +262,12 @@ def chip_to_original(boxes: torch.Tensor | np.ndarray, target: Target) -> np.nda
 
 
 def collate_chips(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
-    """Items -> (images ``[B, 3, K, K]``, list of targets)."""
+    """Items -> (images ``[B, 3, K, K]``, list of targets); ``(None, targets)`` when an item is
+    the error marker of a bad image (see the module docstring)."""
     images = [b[0] for b in batch]
     targets = [b[1] for b in batch]
+    if any(x is None for x in images):
+        return None, [t for t in targets if "bad_image" in t]
     out = None
     if get_worker_info() is not None and images:
         # Stack straight into shared memory, as default_collate does, saving a copy on the way out.
@@ -298,6 +316,8 @@ class ChipBatchSource:
             persistent_workers=num_workers > 0,
         )
         self._per_epoch = len(sampler.epoch_batches(0, 0))
+        # file -> reason: images that failed to decode mid-run under on_bad_image=skip (all workers)
+        self.skipped_images: dict[str, str] = {}
 
     def batches_per_epoch(self) -> int:
         return self._per_epoch
@@ -306,6 +326,10 @@ class ChipBatchSource:
         # Batches before `start` are full, so `start` batches = start * batch_size items.
         self.sampler.set_epoch(epoch, start * self.sampler.batch_size)
         for images, targets in self.loader:
+            for t in targets:
+                if "bad_image" in t:
+                    raise BadImageError(*t["bad_image"])
+                self.skipped_images.update(t.pop("skipped_images", ()))
             if self._uint8:
                 images, targets = to_unit_float(images), [targets_to_torch(t) for t in targets]
             yield images, targets

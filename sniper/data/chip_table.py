@@ -34,7 +34,8 @@ import numpy as np
 from sniper.chips import ImageChips, epoch_pool, epoch_stride
 from sniper.config import ChipConfig, Config, to_dict
 from sniper.data.coco import CocoDataset, CocoResults
-from sniper.io import atomic_path
+from sniper.errors import SniperError
+from sniper.io import atomic_path, remove_stale_temps
 from sniper.scales import Scale, scaled_size
 
 __all__ = [
@@ -121,7 +122,10 @@ class ChipTable:
             path = path / "chips.parquet"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such chips file (run `sniper chips` first)")
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError: not parquet, truncated
+            raise SniperError(f"{path}: not a readable chip table ({e})") from None
         try:
             return cls.from_columns(
                 {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
@@ -366,7 +370,12 @@ def write_chip_table(
     totals = ChipTotals.zeros(len(cfg.scales))
     buffer: list[dict[str, np.ndarray]] = []
     buffered = 0
-    with atomic_path(Path(path)) as tmp:
+    path = Path(path)
+    # a run killed outright (kill -9) could not delete its temp file: this rerun does
+    removed = remove_stale_temps(path.parent, [path.name])
+    if removed:
+        print(f"removed {removed} temp file(s) of an interrupted run from {path.parent}", file=sys.stderr)
+    with atomic_path(path) as tmp:
         writer = pq.ParquetWriter(tmp, schema)
         try:
 

@@ -175,8 +175,15 @@ class ImageAnnotations:
         return len(self.boxes)
 
 
+# ids are stored as int64: a larger one is malformed, not a crash in numpy.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(v: Any) -> bool:
-    return (type(v) is int) or (type(v) is float and v.is_integer())
+    """An integer id: an int, or a float with an integral value (3.0, as pandas writes ids), in int64."""
+    if type(v) is int:
+        return _INT64_MIN <= v <= _INT64_MAX
+    return type(v) is float and v.is_integer() and _INT64_MIN <= v < 2.0**63
 
 
 def _is_num(v: Any) -> bool:
@@ -366,7 +373,7 @@ def _parse_images(source: str, images: list) -> list[ImageRecord]:
         if missing:
             raise _fail(source, where, f"missing key(s) {missing}")
         if not _is_int(im["id"]):
-            raise _fail(source, where, f"id must be an integer, got {im['id']!r}")
+            raise _fail(source, where, f"id must be an integer that fits in 64 bits, got {im['id']!r}")
         w, h = im["width"], im["height"]
         if not (_is_num(w) and _is_num(h) and math.isfinite(w) and math.isfinite(h)):
             raise _fail(source, where, f"width/height must be numbers, got {w!r} x {h!r}")
@@ -391,7 +398,7 @@ def _parse_categories(source: str, categories: list) -> list[dict[str, Any]]:
         if "id" not in c:
             raise _fail(source, where, "missing key 'id'")
         if not _is_int(c["id"]):
-            raise _fail(source, where, f"id must be an integer, got {c['id']!r}")
+            raise _fail(source, where, f"id must be an integer that fits in 64 bits, got {c['id']!r}")
         cid = int(c["id"])
         if cid in seen:
             raise _fail(source, where, f"duplicate category id (first at categories[{seen[cid]}])")
@@ -428,6 +435,13 @@ def _fast_columns(records: list, need_category: bool, need_score: bool) -> tuple
         return None
     crowd = np.array([bool(a.get("iscrowd", 0)) for a in records], dtype=bool)
     n = len(records)
+    try:
+        return _fast_arrays(bbs, img, cat, score, ids, crowd, n)
+    except OverflowError:  # an id beyond int64: the careful pass names the record
+        return None
+
+
+def _fast_arrays(bbs: list, img: list, cat: list, score: list, ids: list, crowd: np.ndarray, n: int) -> tuple:
     return (
         np.fromiter(itertools.chain.from_iterable(bbs), dtype=np.float64, count=4 * n).reshape(n, 4),
         np.fromiter(img, dtype=np.int64, count=n),
@@ -481,19 +495,19 @@ def _parse_records(records: list, *, kind: str, need_category: bool, need_score:
             img = a["image_id"]
             if not _is_int(img):
                 raise _Skip(
-                    "malformed", f"{kind}[{i}] (id={a.get('id')!r}): image_id {img!r} is not an integer"
+                    "malformed", f"{kind}[{i}] (id={a.get('id')!r}): image_id {img!r} is not a 64-bit integer"
                 )
             cat = a.get("category_id", 1)
             if not _is_int(cat):
                 raise _Skip(
-                    "malformed", f"{kind}[{i}] (id={a.get('id')!r}): category_id {cat!r} is not an integer"
+                    "malformed", f"{kind}[{i}] (id={a.get('id')!r}): category_id {cat!r} is not a 64-bit integer"
                 )
             score = a.get("score", 1.0)
             if not _is_num(score):
                 raise _Skip("malformed", f"{kind}[{i}] (id={a.get('id')!r}): score {score!r} is not a number")
             aid = a.get("id")
             if aid is not None and not _is_int(aid):
-                raise _Skip("malformed", f"{kind}[{i}] (id={aid!r}): id is not an integer")
+                raise _Skip("malformed", f"{kind}[{i}] (id={aid!r}): id is not a 64-bit integer")
         except _Skip as s:
             skips.append((i, s))
             continue

@@ -15,16 +15,33 @@ truncated) is an ignore region (``iscrowd: 1``), both with the dataset's own cat
 (``categories`` copied) and ``source_annotation_id``. Pixels and labels come from
 :class:`~sniper.data.chip_dataset.ChipDataset`, i.e. exactly what ``sniper train`` uses.
 
-Chip images are written atomically; the JSON and CSV are written last (atomically), so a
-``chips_coco.json`` only exists for a complete export.
+Everything is written into a staging folder beside ``OUT`` (``.OUT.staging-<pid>-<host>.<random>``)
+and renamed onto ``OUT`` at the end, so ``OUT`` is always either the previous complete export
+(or absent) or the new complete one, never a mix. An existing ``OUT`` is moved aside
+(``.OUT.old-...``), the staging folder renamed in, files of the user's own in the old ``OUT``
+(anything but ``images/``, ``chips_coco.json``, ``mapping.csv``) moved over, and the old
+folder deleted. A run killed at any point leaves only hidden working folders; the next
+export to the same ``OUT`` deletes those of dead runs and, if the kill fell between the two
+renames, puts the previous export back first (see :func:`_recover`).
+
+Where ``OUT`` cannot be swapped by a rename (a mount point, a symlink, the current folder is
+inside it, or its parent is not writable) the staging folder goes inside ``OUT`` and the
+entries are moved in one by one, ``chips_coco.json`` last and removed first: a kill during
+those moves leaves ``OUT`` without ``chips_coco.json``, i.e. visibly incomplete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import multiprocessing
+import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,15 +58,23 @@ from sniper.data.chip_table import ChipTable
 from sniper.data.coco import CocoDataset
 from sniper.data.epoch_plan import sampled_negatives
 from sniper.errors import BadImageError
-from sniper.io import atomic_open, atomic_path, atomic_write_json
+from sniper.io import (
+    atomic_open,
+    atomic_path,
+    atomic_write_json,
+    owner_is_gone,
+    owner_tag,
+    remove_stale_temps,
+)
 
-__all__ = ["ExportSummary", "MAPPING_COLUMNS", "export_chips", "select_chips"]
+__all__ = ["EXPORT_ENTRIES", "ExportSummary", "MAPPING_COLUMNS", "export_chips", "select_chips"]
 
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
 MAPPING_COLUMNS = (
     "chip_image_id", "file_name", "width", "height", "source_image_id", "source_file_name", "kind",
     "scale_index", "scale", "origin_x", "origin_y", "x1", "y1", "x2", "y2",
 )  # fmt: skip
+EXPORT_ENTRIES = ("images", "chips_coco.json", "mapping.csv")  # what an export owns in OUT
 
 
 @dataclass
@@ -63,6 +88,7 @@ class ExportSummary:
     bad_images: list[BadImage] = field(default_factory=list)
     dropped_chips: int = 0
     seconds: float = 0.0
+    leftovers_removed: int = 0  # temp files and working folders of killed runs, deleted first
 
     def format(self) -> str:
         lines = [
@@ -73,6 +99,10 @@ class ExportSummary:
         if self.bad_images:
             lines.append(f"skipped {len(self.bad_images)} bad images ({self.dropped_chips} chips):")
             lines += [f"  {b.file}: {b.reason}" for b in self.bad_images[:20]]
+        if self.leftovers_removed:
+            lines.append(
+                f"removed {self.leftovers_removed} leftovers of interrupted exports (temp files, staging folders)"
+            )
         return "\n".join(lines)
 
 
@@ -163,6 +193,141 @@ def _results(
         yield from pool.imap(_export_image, runs, chunksize=1)
 
 
+# ---------------------------------------------------------------- staging: OUT appears whole or not at all
+
+
+def _work_dir(out: Path, home: Path, kind: str, suffix: str) -> Path:
+    """A working folder of one run for ``out``: ``home/.OUT.<kind>-<pid>-<host>.<random>``."""
+    return home / f".{out.name}.{kind}-{suffix}"
+
+
+def _work_dirs(out: Path, home: Path) -> list[tuple[Path, str, str]]:
+    """Working folders of any run for ``out`` in ``home``: ``(path, kind, owner tag)``."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(staging|old)-(\d+-[0-9a-f]{{8}})\.[A-Za-z0-9_]+")
+    try:
+        entries = list(os.scandir(home))
+    except OSError:
+        return []
+    found = []
+    for e in entries:
+        m = pattern.fullmatch(e.name)
+        if m is not None and e.is_dir(follow_symlinks=False):
+            found.append((Path(e.path), m[1], m[2]))
+    return found
+
+
+def _last_change(folder: Path) -> float:
+    """Newest change of ``folder`` or its ``images/`` (where a live run keeps adding chips)."""
+    times = [0.0]
+    for p in (folder, folder / "images"):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            times += [st.st_mtime, st.st_ctime]
+    return max(times)
+
+
+def _is_owned(name: str) -> bool:
+    """An entry of OUT that the export writes (or a temp file of one): never carried over."""
+    temp = name.endswith(".tmp") and any(name.startswith(f".{e}.") for e in EXPORT_ENTRIES)
+    return name in EXPORT_ENTRIES or temp
+
+
+def _settle_old(old: Path, out: Path) -> None:
+    """Finish with a previous export that a commit moved aside: put it back if no new OUT took
+    its place (the commit was killed between its renames), else move the user's own files
+    from it into the new OUT (the contract: an export only replaces its own entries) and delete it."""
+    if not os.path.lexists(out):
+        os.rename(old, out)
+        return
+    for e in list(os.scandir(old)):
+        if not _is_owned(e.name) and not os.path.lexists(out / e.name):
+            os.rename(e.path, out / e.name)
+    shutil.rmtree(old)
+
+
+def _recover(out: Path) -> int:
+    """Clean up after exports to ``out`` that died (kill -9, OOM): their staging folders go; a
+    previous export moved aside is put back or settled. Folders of live runs are kept (see
+    :func:`sniper.io.owner_is_gone`). Returns how many folders were dealt with."""
+    n = 0
+    for path, kind, tag in _work_dirs(out, out.parent):
+        if owner_is_gone(tag, _last_change(path)):
+            if kind == "old":
+                _settle_old(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            n += 1
+    # staging inside OUT (see _stage_in_place); its "old" folder is only a trash can there
+    for path, _, tag in _work_dirs(out, out) if out.is_dir() else []:
+        if owner_is_gone(tag, _last_change(path)):
+            shutil.rmtree(path, ignore_errors=True)
+            n += 1
+    return n
+
+
+def _stage_in_place(out: Path) -> bool:
+    """Whether renaming OUT itself would fail or surprise: a mount point (a container volume),
+    a symlink (we would replace the link), or a folder holding the current directory."""
+    if out.is_symlink() or (out.is_dir() and os.path.ismount(out)):
+        return True
+    real, cwd = os.path.realpath(out), os.path.realpath(os.getcwd())
+    return cwd == real or cwd.startswith(real + os.sep)
+
+
+def _begin(out: Path) -> tuple[Path, bool]:
+    """Create this run's empty staging folder; return it and whether it is inside OUT."""
+    homes = [out] if _stage_in_place(out) else [out.parent, out]
+    for home in homes:
+        in_place = home == out
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            # a unique name per call: a folder of a dead run whose PID we now reuse is never merged
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{owner_tag()}.", dir=home))
+        except PermissionError:
+            if in_place or not out.is_dir():
+                raise
+            continue  # the parent is read-only but OUT is writable: stage inside OUT
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; it becomes OUT
+        return staging, in_place
+    raise AssertionError("unreachable")
+
+
+def _suffix(staging: Path, out: Path) -> str:
+    return staging.name[len(f".{out.name}.staging-") :]
+
+
+def _commit(staging: Path, out: Path) -> None:
+    """Put the complete export in ``staging`` (beside OUT) in place of OUT."""
+    try:
+        os.rename(staging, out)  # OUT absent (or an empty folder): one atomic step
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    old = _work_dir(out, out.parent, "old", _suffix(staging, out))
+    os.rename(out, old)  # the previous export stays whole, aside, until the new one is in
+    try:
+        os.rename(staging, out)  # killed between the two renames: the next run puts `old` back
+    finally:
+        _settle_old(old, out)
+
+
+def _commit_in_place(staging: Path, out: Path) -> None:
+    """Move the staged entries (staging inside OUT) into OUT one by one. chips_coco.json goes
+    first and comes back last, so OUT never looks complete while it holds a mix."""
+    (out / "chips_coco.json").unlink(missing_ok=True)
+    trash = _work_dir(out, out, "old", _suffix(staging, out))
+    trash.mkdir()
+    for name in ("images", "mapping.csv", "chips_coco.json"):
+        if os.path.lexists(out / name):
+            os.rename(out / name, trash / name)
+        os.rename(staging / name, out / name)
+    shutil.rmtree(trash)
+    staging.rmdir()
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -182,20 +347,50 @@ def export_chips(
     workers: int = 1,
     progress: bool = True,
 ) -> ExportSummary:
-    """Write every chip of ``table`` (already selected, see :func:`select_chips`) under ``out``."""
+    """Write every chip of ``table`` (already selected, see :func:`select_chips`) to the folder
+    ``out``, all at once at the end (see the module docstring): a failure leaves ``out`` as it was."""
     if fmt not in FORMATS:
         raise ValueError(f"image format must be one of {sorted(FORMATS)}, got {fmt!r}")
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     started = time.perf_counter()
-    out = Path(out)
-    images_dir = out / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    summary = ExportSummary(out)
+    summary = ExportSummary(Path(out))
+    out = Path(os.path.abspath(out))  # absolute: "." has no name to put a staging folder beside
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    # what killed runs left: their working folders, and temp files of versions that wrote in place
+    summary.leftovers_removed = (
+        _recover(out) + remove_stale_temps(out, EXPORT_ENTRIES[1:]) + remove_stale_temps(out / "images")
+    )
     check = check_images(coco, table, image_root, cfg.data, progress=progress)
     summary.bad_images = list(check.bad)
     summary.dropped_chips = check.dropped_chips
-    table = check.chips
+    staging, in_place = _begin(out)
+    try:
+        _write_export(coco, check.chips, image_root, cfg, staging, summary, fmt, quality, workers, progress)
+        (_commit_in_place if in_place else _commit)(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # OUT was not touched (or is settled by _commit)
+        raise
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_export(
+    coco: CocoDataset,
+    table: ChipTable,
+    image_root: str | Path,
+    cfg: Config,
+    out: Path,
+    summary: ExportSummary,
+    fmt: str,
+    quality: int,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Write the chips of ``table`` (the images already checked), the COCO file and the mapping into ``out``."""
+    images_dir = out / "images"
+    images_dir.mkdir()
     dataset = ChipDataset(coco, table, image_root, cfg.chips, cfg.data)
 
     images: list[dict[str, Any]] = []
@@ -208,8 +403,9 @@ def export_chips(
         disable=not progress,
         dynamic_ncols=True,
     )
-    with bar:
-        for records, bad in _results(dataset, images_dir, fmt, quality, workers):
+    # closing(): on an error the pool is shut down here, before the caller deletes the staging folder
+    with bar, contextlib.closing(_results(dataset, images_dir, fmt, quality, workers)) as results:
+        for records, bad in results:
             if bad is not None:
                 summary.bad_images.append(bad)
                 dropped = int((table.image_id == bad.image_id).sum())
@@ -264,5 +460,3 @@ def export_chips(
                 im["source_file_name"], im["kind"], im["scale_index"], repr(im["scale"]),
                 repr(im["origin"][0]), repr(im["origin"][1]), *(repr(v) for v in im["chip_box"]),
             ])  # fmt: skip
-    summary.seconds = time.perf_counter() - started
-    return summary

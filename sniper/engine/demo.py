@@ -92,13 +92,14 @@ def run_demo(
     from sniper.engine.evaluate import evaluate_detections, max_dets_for
     from sniper.engine.pipeline import run_pipeline
     from sniper.engine.predict_run import predict_to_folder
-    from sniper.io import atomic_write_json
+    from sniper.io import atomic_write_json, remove_stale_temps
 
     started = time.perf_counter()
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     clock = _Clock()
     dev = pick_device(device)
 

@@ -7,8 +7,16 @@
                   -> ``model_final.pt``.
 
 With ``train.negatives: false`` (the paper's "w/o negatives" ablation) stages 1-3 are skipped.
-Finished stages are recorded in ``RUN_DIR/stages.json``; a rerun skips them, and ``resume``
-continues an interrupted stage from its last checkpoint.
+Finished stages are recorded in ``RUN_DIR/stages.json``; a rerun with ``resume`` skips them and
+continues an interrupted stage from its last checkpoint. A folder holding an earlier run is
+refused without ``resume`` or ``overwrite`` (:func:`prepare_run_dir`).
+
+Bad images (``data.on_bad_image``): before each chip stage every image's header is checked
+(missing, unreadable, size disagreeing with the annotation). A file that passes that check but
+fails to decode during training (a truncated JPEG) is, under "skip", replaced by the next good
+chip, never tried again, and counted in ``stages.json`` (``bad_images_in_training``); under
+"error" the stage writes a checkpoint at the batch it reached and stops with one line naming the
+file: fix or remove it, then ``--resume``.
 """
 
 from __future__ import annotations
@@ -26,10 +34,59 @@ from sniper.config import Config, save_config, to_dict
 from sniper.engine.distributed import DistInfo, barrier, cleanup, init_distributed
 from sniper.engine.train import StageSpec, train_stage
 from sniper.errors import SniperError
-from sniper.io import atomic_write_json, read_json
+from sniper.io import atomic_write_json, read_json, remove_stale_temps
 from sniper.runtime import release_memory
 
-__all__ = ["PipelineResult", "StageBook", "run_pipeline"]
+__all__ = ["PipelineResult", "StageBook", "prepare_run_dir", "previous_run", "run_pipeline"]
+
+# What a run writes into its folder. The first group marks a folder as holding a run; all of it
+# goes with --overwrite. Anything else in the folder (the plan, the user's own files) stays.
+_RUN_MARKERS = ("stages.json", "checkpoints", "logs", "chips_pos", "rpn_model.pt", "model_final.pt")
+_RUN_OUTPUTS = (*_RUN_MARKERS, "plots", "proposals.json", "chips.parquet", "config.yaml")
+
+
+def previous_run(run_dir: Path) -> list[str]:
+    """The artefacts of an earlier run found in ``run_dir`` (empty: the folder is free)."""
+    run_dir = Path(run_dir)
+    found = []
+    for name in _RUN_MARKERS:
+        p = run_dir / name
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            found.append(name)
+    return found
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+    """A fresh run never mixes with an old one in the same folder.
+
+    ``resume``: continue what is there. ``overwrite``: rank 0 deletes the old run's outputs
+    (only those, never other files). Neither, and the folder holds a run: ``OutputError`` naming
+    both flags (the old checkpoints would otherwise outrank the new ones, and logs would mix).
+    """
+    import shutil
+
+    from sniper.errors import OutputError
+
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise OutputError("--resume and --overwrite contradict each other: continue the run, or start afresh")
+    if resume:
+        return
+    found = previous_run(run_dir)
+    if not found:
+        return
+    if not overwrite:
+        raise OutputError(
+            f"{run_dir} holds a previous run ({', '.join(found)}): --resume continues it, "
+            "--overwrite deletes its results and starts afresh, or choose another --out"
+        )
+    if is_main:
+        for name in _RUN_OUTPUTS:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
 
 
 class StageBook:
@@ -106,15 +163,27 @@ def _chip_source(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo
 
 
 def _checked_table(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, stats: dict):
-    """Check image files once (headers) and apply ``data.on_bad_image``; bad files are listed."""
+    """Check image files once (headers) and apply ``data.on_bad_image``; bad files are listed.
+    No chip left to train on is an error that says why, in those words."""
     from sniper.data.chip_dataset import check_images
 
+    if len(table) == 0:
+        raise SniperError(
+            f"0 usable images for training: none of the {len(coco)} images has an object the chips can "
+            f"train on ({coco.num_annotations} usable annotations; see the load report above)"
+        )
     check = check_images(coco, table, image_root, cfg.data, progress=dist_info.is_main)
     if check.bad:
         stats["bad_images"] = [{"image_id": b.image_id, "file": b.file, "reason": b.reason} for b in check.bad]
         if dist_info.is_main:
             print(check.format())
-    return check.chips if check.chips is not None else table
+    chips = check.chips if check.chips is not None else table
+    if len(chips) == 0:
+        raise SniperError(
+            f"0 usable images for training: all {check.checked} images with objects are bad files "
+            f"(skipped under data.on_bad_image=skip; the first: {check.bad[0].file}: {check.bad[0].reason})"
+        )
+    return chips
 
 
 def _build(cfg: Config, num_classes: int, device: torch.device, dist_info: DistInfo):
@@ -209,22 +278,30 @@ def run_pipeline(
     run_dir: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     interrupt_after: int | None = None,
 ) -> PipelineResult:
-    """Run (or finish) every stage; see the module docstring."""
+    """Run (or finish) every stage; see the module docstring.
+
+    Into a folder that holds an earlier run, ``resume`` continues it (finished stages are
+    skipped, an interrupted one continues from its last checkpoint) and ``overwrite`` starts
+    afresh; with neither, :func:`prepare_run_dir` refuses."""
     from sniper.data.chip_table import ChipTable, write_chip_table
     from sniper.data.coco import load_coco, load_results
     from sniper.engine.checkpoint import load_checkpoint, load_model_for_inference, save_model_final
 
-    dist_info, dev = init_distributed(device)
     run_dir = Path(run_dir)
+    dist_info, dev = init_distributed(device)
     try:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=dist_info.is_main)
+        barrier(dist_info)
         torch.manual_seed(cfg.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(run_dir)  # of a run killed while writing a model, config or book
             saved = run_dir / "config.yaml"
             if saved.exists() and (resume or StageBook(run_dir).data):
                 import yaml
@@ -260,10 +337,12 @@ def run_pipeline(
         def train_rpn() -> dict:
             model = _build(cfg, coco.num_classes, dev, dist_info)
             source = _chip_source(coco, pos_table, image_root, cfg, dist_info, negatives=False)
-            _train("rpn", model, source, cfg, run_dir, dev, dist_info, resume, True, interrupt_after=interrupt_after)
+            result = _train(
+                "rpn", model, source, cfg, run_dir, dev, dist_info, resume, True, interrupt_after=interrupt_after
+            )
             if dist_info.is_main:
                 save_model_final(rpn_path, model, cfg, categories)
-            return {"model": rpn_path.name}
+            return {"model": rpn_path.name, "bad_images_in_training": result.bad_images}
 
         def propose() -> dict:
             from sniper.engine.predict import predict_proposals
@@ -304,7 +383,13 @@ def run_pipeline(
             )
             if dist_info.is_main:
                 save_model_final(final_path, model, cfg, categories)
-            return {"iterations": result.iterations, "chips": result.chips, "stopped_early": result.stopped_early, **stats}
+            return {
+                "iterations": result.iterations,
+                "chips": result.chips,
+                "stopped_early": result.stopped_early,
+                "bad_images_in_training": result.bad_images,
+                **stats,
+            }
 
         if cfg.train.negatives:
             # 1. RPN-only training on positive chips; 2. its proposals over whole training images

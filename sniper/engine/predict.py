@@ -503,6 +503,9 @@ class ImageItem:
     file_name: str
     path: Path | None = None
     root: Path | None = None
+    # (width, height) the annotations claim (COCO sources): a file of another size (after EXIF
+    # rotation) is a bad image, since boxes would come out in a frame the annotations do not use.
+    expected_size: tuple[int, int] | None = None
 
     def resolve(self) -> Path:
         from sniper.data.images import resolve_image_path
@@ -519,7 +522,9 @@ def coco_items(dataset: Any, image_root: str | os.PathLike[str]) -> list[ImageIt
     root = Path(image_root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: image root is not a folder")
-    return [ImageItem(rec.id, rec.file_name, root=root) for rec in dataset.images]
+    return [
+        ImageItem(rec.id, rec.file_name, root=root, expected_size=(rec.width, rec.height)) for rec in dataset.images
+    ]
 
 
 def list_source(source: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None):
@@ -567,6 +572,12 @@ def _load(item: ImageItem, scales: Sequence[Scale], max_pixels: int):
     from sniper.data.images import load_image
 
     path = item.resolve()  # BadImageError if the name leaves the image root
+    if item.expected_size is not None:
+        from sniper.data.images import check_image_size
+
+        problem = check_image_size(path, *item.expected_size)  # header only
+        if problem is not None:
+            raise BadImageError(str(path), problem.removeprefix(f"{path}: "))
     draft = _required_size(path, scales, max_pixels)
     return load_image(path, max_pixels=max_pixels, draft_size=draft)
 

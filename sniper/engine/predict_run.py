@@ -103,7 +103,7 @@ def predict_to_folder(
         list_source,
         proposals_to_coco,
     )
-    from sniper.io import atomic_write_json
+    from sniper.io import atomic_write_json, remove_stale_temps
 
     weights = Path(weights)
     if not weights.is_file():
@@ -114,6 +114,8 @@ def predict_to_folder(
         raise SniperError("batch size must be >= 1")
     items, kind, _ = list_source(source, image_root)
     out = Path(out)
+    remove_stale_temps(out)  # left by a killed earlier run
+    remove_stale_temps(out / "vis")
     dev = pick_device(device)
     model, ckpt_cfg, categories = load_model_for_inference(weights, map_location="cpu")
     cfg = config_for_weights(ckpt_cfg, config, overrides)

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from sniper.config import TrainConfig
 from sniper.engine.checkpoint import load_checkpoint, save_checkpoint
 from sniper.engine.distributed import DistInfo, all_reduce_mean
-from sniper.errors import SniperError
+from sniper.errors import BadImageError, SniperError
+from sniper.io import remove_stale_temps
 from sniper.viz.plots import plot_losses
 
 __all__ = ["BatchSource", "StageResult", "StageSpec", "build_lr_lambda", "build_optimizer", "train_stage"]
@@ -60,6 +61,9 @@ class StageResult:
     chips: int
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    # file -> reason: images that failed to decode during this stage and were skipped
+    # (data.on_bad_image=skip), over all ranks
+    bad_images: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- optimisation
@@ -262,6 +266,8 @@ def train_stage(
     """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    if dist_info.is_main:
+        remove_stale_temps(ckpt_dir)  # a checkpoint write killed half-way
     net = ddp_model if ddp_model is not None else model
     core = getattr(model, "module", model)
     if hasattr(core, "rpn_only"):
@@ -401,11 +407,24 @@ def train_stage(
                 break
             if it == it_before:
                 raise SniperError(f"stage '{spec.name}': epoch {epoch} yielded no batches from batch {start}")
+    except BadImageError as e:
+        # data.on_bad_image=error and a file that passed the header check fails to decode: keep
+        # the progress (the checkpoint is at the batch that failed, which --resume redoes).
+        checkpoint()
+        raise SniperError(
+            f"{e.file}: {e.reason} (stage '{spec.name}', iteration {it}; checkpoint written: fix or remove "
+            "the file and rerun with --resume, or skip such files with --on-bad-image skip)"
+        ) from None
     finally:
         bar.close()
         log.close()
     if skipped_nonfinite and dist_info.is_main:
         print(f"[{spec.name}] skipped {skipped_nonfinite} steps with a non-finite loss")
+    bad_images = _gather_bad_images(getattr(source, "skipped_images", {}), dist_info)
+    if bad_images and dist_info.is_main:
+        print(f"[{spec.name}] {len(bad_images)} image(s) failed to decode and were skipped (data.on_bad_image=skip):")
+        for f, reason in list(bad_images.items())[:10]:
+            print(f"  {f}: {reason}")
     if dist_info.is_main:
         plot_losses(log.jsonl, run_dir / "plots" / f"{spec.name}_loss.png", f"stage {spec.name}")
     return StageResult(
@@ -415,4 +434,19 @@ def train_stage(
         chips=chips_seen,
         history=history,
         stopped_early=stopped_early,
+        bad_images=bad_images,
     )
+
+
+def _gather_bad_images(local: dict[str, str], dist_info: DistInfo) -> dict[str, str]:
+    """The skipped files of every rank (each rank's loader sees only its own)."""
+    if not dist_info.enabled:
+        return dict(local)
+    import torch.distributed as dist
+
+    parts: list[dict[str, str] | None] = [None] * dist_info.world_size
+    dist.all_gather_object(parts, dict(local))
+    merged: dict[str, str] = {}
+    for part in parts:
+        merged.update(part or {})
+    return merged

@@ -147,31 +147,40 @@ def _save_png(picture: Image.Image, path: Path) -> Path:
     return path
 
 
-def _source_image(rec, image_root: str | None, max_pixels: int | None) -> Image.Image:
-    """The image of ``rec`` when it can be read and matches its annotated size, else a gray canvas."""
+def _source_image(rec, image_root: str | None, cfg, skipped: list[str]) -> Image.Image:
+    """The image of ``rec`` when it can be read and matches its annotated size. Otherwise, under
+    ``data.on_bad_image=error`` a :class:`BadImageError`; under ``skip`` a gray canvas, the file
+    listed in ``skipped``."""
     from sniper.data.images import load_image, resolve_image_path
     from sniper.errors import BadImageError
 
-    if image_root is not None:
-        try:
-            image = load_image(resolve_image_path(image_root, rec.file_name), max_pixels=max_pixels)
-        except BadImageError as e:
-            print(f"sniper chips: warning: {e}; drawing on a gray canvas", file=sys.stderr)
-        else:
-            if image.original_size == (rec.width, rec.height):
-                return image.image
-            print(
-                f"sniper chips: warning: {rec.file_name} is {image.original_size[0]}x{image.original_size[1]}, "
-                f"annotations say {rec.width}x{rec.height}; drawing on a gray canvas",
-                file=sys.stderr,
-            )
-    return gray_canvas(rec.width, rec.height)
+    if image_root is None:
+        return gray_canvas(rec.width, rec.height)
+    try:
+        path = resolve_image_path(image_root, rec.file_name)
+        image = load_image(path, max_pixels=cfg.data.max_image_pixels)
+        if image.original_size != (rec.width, rec.height):
+            w, h = image.original_size
+            raise BadImageError(str(path), f"annotation says {rec.width}x{rec.height}, file is {w}x{h}")
+    except BadImageError as e:
+        if cfg.data.on_bad_image == "error":
+            raise
+        skipped.append(str(e))
+        print(f"sniper chips: warning: {e}; drawing on a gray canvas (data.on_bad_image=skip)", file=sys.stderr)
+        return gray_canvas(rec.width, rec.height)
+    return image.image
 
 
-def visualize_chips(ds, props, cfg, seed: int, n: int, out: Path, image_root: str | None) -> list[Path]:
+def visualize_chips(
+    ds, props, cfg, seed: int, n: int, out: Path, image_root: str | None, skipped: list[str] | None = None
+) -> list[Path]:
     """For the first ``n`` images of ``ds`` (a :class:`~sniper.data.coco.CocoDataset`): chips on the
     image (``ID_chips.png``), each chip with its labels (``ID_labels.png``) and, with images, the
-    dataset items as the model receives them (``ID_items.png``). Returns the files written."""
+    dataset items as the model receives them (``ID_items.png``). Returns the files written.
+
+    A bad image follows ``cfg.data.on_bad_image``: "error" raises naming the file; "skip" draws
+    the chips on a gray canvas, without items, and appends the problem to ``skipped``."""
+    skipped = [] if skipped is None else skipped
     from sniper.chips import ImageChips, chip_labels
     from sniper.data.chip_table import image_chips, image_tasks
 
@@ -183,7 +192,8 @@ def visualize_chips(ds, props, cfg, seed: int, n: int, out: Path, image_root: st
         rec = ds.images[i]
         ann = ds.annotations_at(i)
         pos, neg = image_chips(task, c, seed)
-        image = _source_image(rec, image_root, cfg.data.max_image_pixels)
+        n_bad = len(skipped)
+        image = _source_image(rec, image_root, cfg, skipped)
         both = ImageChips.concat([pos, neg], image_id=rec.id)
         overview = draw_image_chips(
             image, both.boxes, both.scale_index, both.negative, ann.boxes, gt_iscrowd=ann.iscrowd, scale_names=names
@@ -202,7 +212,7 @@ def visualize_chips(ds, props, cfg, seed: int, n: int, out: Path, image_root: st
             colours.append(scale_colour(chip.scale_index))
         if pictures:
             written.append(_save_png(tile(pictures, captions, colours=colours, cell=320, cols=4), out / f"{rec.id}_labels.png"))
-        if image_root is not None and len(both):
+        if image_root is not None and len(both) and len(skipped) == n_bad:
             items = _items_picture(ds, both, cfg, image_root)
             if items is not None:
                 written.append(_save_png(items, out / f"{rec.id}_items.png"))
