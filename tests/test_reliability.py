@@ -397,3 +397,17 @@ def test_truncated_png_fails_only_on_decode(tmp_path):
     assert check_image_size(p, 192, 160) is None
     with pytest.raises(errors_module.BadImageError):
         load_image(p, max_pixels=10**8)
+
+
+def test_resume_after_a_kill_mid_log_line(tmp_path):
+    from sniper.engine.train import MetricLog
+
+    log = MetricLog(tmp_path, "detector", enabled=True, tensorboard=False)
+    for it in (2, 4, 6):
+        log.write({"iter": it, "loss": 1.0 / it})
+    with open(log.jsonl, "a") as f:
+        f.write('{"iter": 8, "lo')  # the process died here
+    log.truncate_after(4)
+    assert [json.loads(x)["iter"] for x in log.jsonl.read_text().splitlines()] == [2, 4]
+    log.write({"iter": 6, "loss": 0.1, "lr": 0.01})  # a new column: the CSV is rewritten from the JSONL
+    assert log.csv.read_text().splitlines()[0] == "iter,loss,lr"

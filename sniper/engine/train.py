@@ -158,6 +158,20 @@ def latest_checkpoint(run_dir: Path, stage: str) -> Path | None:
 # ---------------------------------------------------------------- logging
 
 
+def read_log_rows(jsonl: Path) -> list[dict]:
+    """The rows of a JSONL log. A run killed while appending leaves a partial last line: it is
+    dropped (the resumed run rewrites the file without it), never a crash."""
+    rows = []
+    for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "iter" in row:
+            rows.append(row)
+    return rows
+
+
 class MetricLog:
     """Appends one JSON line (and one CSV row) per logged step; rank 0 only."""
 
@@ -180,8 +194,7 @@ class MetricLog:
         """On resume, drop lines written after the checkpoint so curves have no duplicates."""
         if not (self.enabled and self.jsonl.exists()):
             return
-        rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r["iter"] <= iteration]
+        rows = [r for r in read_log_rows(self.jsonl) if r["iter"] <= iteration]
         self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
         self._rewrite_csv(rows)
 
@@ -205,8 +218,7 @@ class MetricLog:
             with open(self.csv) as f:
                 header = f.readline().strip().split(",")
             if set(header) != set(row):
-                rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
-                self._rewrite_csv(rows)
+                self._rewrite_csv(read_log_rows(self.jsonl))
                 return
         with open(self.csv, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=sorted(row) if new_file else header)
