@@ -1,4 +1,5 @@
-"""`sniper.engine.evaluate` and `sniper evaluate` against raw pycocotools and hand-made cases."""
+"""`sniper.engine.evaluate` and `sniper evaluate` against raw pycocotools and hand-made cases,
+on both backends (pycocotools, faster-coco-eval)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import copy
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,25 @@ import pytest
 
 from sniper.cli import main
 from sniper.engine.evaluate import evaluate_detections, evaluate_proposals
-from sniper.errors import CocoFormatError
+from sniper.errors import CocoFormatError, SniperError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GT = FIXTURES / "eval_gt.json"
 DETS = FIXTURES / "eval_dets.json"
 KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR@1", "AR@10", "AR@100", "ARs", "ARm", "ARl"]
+FAST = "faster-coco-eval"
+
+
+def _needs(backend):
+    if backend == FAST:
+        pytest.importorskip("faster_coco_eval")  # in the dev extra, so CI runs both
+
+
+@pytest.fixture(params=["pycocotools", FAST])
+def backend(request):
+    """Each backend by name; faster-coco-eval's cases skip (visibly) when it is not installed."""
+    _needs(request.param)
+    return request.param
 
 
 def raw_cocoeval(gt_path, dets_path, *, use_cats=True, max_dets=None, area_rng=None, area_lbl=None):
@@ -53,9 +68,10 @@ def test_fixture_has_what_the_test_needs():
     }  # an image without GT
 
 
-def test_matches_pycocotools_exactly():
+def test_matches_pycocotools_exactly(backend):
     ev = raw_cocoeval(GT, DETS)
-    m = evaluate_detections(GT, DETS)
+    m = evaluate_detections(GT, DETS, backend=backend)
+    assert m["backend"] == backend
     assert m["stats"] == [float(s) for s in ev.stats]  # exact, every stat
     for key, s in zip(KEYS, ev.stats):
         assert m[key] == (None if s == -1 else float(s)), key
@@ -82,11 +98,13 @@ def test_accepts_dict_and_list_and_does_not_modify_them():
     assert m["stats"] == evaluate_detections(GT, DETS)["stats"]
 
 
-def test_custom_max_dets_and_area_ranges_match_pycocotools():
+def test_custom_max_dets_and_area_ranges_match_pycocotools(backend):
     rng_lbl = ["all", "tiny", "big"]
     rng = [[0.0, 1e10], [0.0, 20.0**2], [20.0**2, 1e10]]
     ev = raw_cocoeval(GT, DETS, max_dets=[2, 5], area_rng=rng, area_lbl=rng_lbl)
-    m = evaluate_detections(GT, DETS, max_dets=[5, 2], area_ranges={"tiny": (0, 20), "big": (20, 1e5)})
+    areas = {"tiny": (0, 20), "big": (20, 1e5)}
+    m = evaluate_detections(GT, DETS, max_dets=[5, 2], area_ranges=areas, backend=backend)
+    assert m["backend"] == backend
     p, r = ev.eval["precision"], ev.eval["recall"]
 
     def mean(s):
@@ -202,7 +220,7 @@ def test_size_bucket_bound_is_inclusive_like_pycocotools():
     assert m["AR_25-50"] == 1.0 and m["AR_50-100"] == 1.0 and m["AR_0-25"] is None
 
 
-def test_proposals_match_raw_pycocotools():
+def test_proposals_match_raw_pycocotools(backend):
     rng = [
         [0.0, 1e10],
         [0.0, 625.0],
@@ -214,7 +232,8 @@ def test_proposals_match_raw_pycocotools():
     lbl = ["all", "0-25", "25-50", "50-100", "100-200", "200-300"]
     ev = raw_cocoeval(GT, DETS, use_cats=False, max_dets=[300], area_rng=rng, area_lbl=lbl)
     r = ev.eval["recall"]
-    m = evaluate_proposals(GT, DETS)
+    m = evaluate_proposals(GT, DETS, backend=backend)
+    assert m["backend"] == backend
     assert m["AR"] == float(np.mean(r[:, 0, 0, 0]))
     assert m["AR50"] == float(r[0, 0, 0, 0]) and m["AR75"] == float(r[5, 0, 0, 0])
     for a, name in enumerate(lbl[1:], start=1):
@@ -374,3 +393,225 @@ def test_max_dets_follow_dense_ground_truth(tmp_path, capsys):
     assert "250 objects" in capsys.readouterr().out
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["AP"] == pytest.approx(1.0) and m["AR@300"] == pytest.approx(1.0) and m["AR@100"] == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------- backends agree, bit for bit
+
+
+def _without_backend(m):
+    return {k: v for k, v in m.items() if k != "backend"}
+
+
+def _on_both(fn, *args, **kwargs):
+    """``fn`` on pycocotools, then on faster-coco-eval with pycocotools' COCOeval made
+    unimportable: a silent fallback to pycocotools fails instead of passing."""
+    _needs(FAST)
+    py = fn(*args, backend="pycocotools", **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "pycocotools.cocoeval", None)
+        fast = fn(*args, backend=FAST, **kwargs)
+    assert (py["backend"], fast["backend"]) == ("pycocotools", FAST)
+    return py, fast
+
+
+def test_faster_backend_does_not_import_pycocotools_cocoeval():
+    _needs(FAST)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "pycocotools.cocoeval", None)
+        with pytest.raises(ImportError):  # the guard of _on_both bites
+            evaluate_detections(GT, DETS, backend="pycocotools")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"max_dets": [5, 2], "area_ranges": {"tiny": (0, 20), "big": (20, 1e5)}},
+        {"max_dets": [1]},
+        {"max_dets": [1, 10, 100, 5000], "area_ranges": {}},
+    ],
+)
+def test_backends_report_the_same_numbers(kwargs):
+    py, fast = _on_both(evaluate_detections, GT, DETS, **kwargs)
+    assert _without_backend(fast) == _without_backend(py)  # exact: every metric, per class, stats
+    if not kwargs:
+        assert fast["stats"] == [float(s) for s in raw_cocoeval(GT, DETS).stats]
+
+
+def test_backends_give_pycocotools_precision_and_recall_arrays():
+    from sniper.engine.evaluate import _run_cocoeval, load_ground_truth, load_results
+
+    _needs(FAST)
+    for use_cats, areas in ((True, {"s": (0, 32), "l": (32, 1e5)}), (False, {"a": (0, 25), "b": (25, 50)})):
+        runs = {}
+        for name in ("pycocotools", FAST):
+            gt = load_ground_truth(GT)
+            res = load_results(DETS, gt, check_categories=use_cats)
+            kw = {"use_cats": use_cats, "max_dets": [1, 3, 100], "area_ranges": areas}
+            runs[name] = _run_cocoeval(gt, res, backend=name, **kw)
+        py, fast = runs["pycocotools"], runs[FAST]
+        assert fast.backend == FAST
+        assert np.array_equal(fast.precision, py.precision) and np.array_equal(fast.recall, py.recall)
+        assert [int(c) for c in fast.cat_ids] == [int(c) for c in py.cat_ids]
+
+
+def _dense_image(seed=0, many=1500, few=25):
+    """One image, two categories: "a" has `few` GT boxes and `many` results (half of them
+    near a GT box), "b" has `many` GT boxes and `few` results; crowd boxes, tied scores.
+    pycocotools' matching is quadratic per (image, category), so this keeps it ~2 s."""
+    rng = np.random.default_rng(seed)
+
+    def boxes(n):
+        return np.concatenate([rng.uniform(0, 1900, (n, 2)), rng.uniform(4, 90, (n, 2))], axis=1)
+
+    def near(src, n):
+        return src[rng.integers(len(src), size=n)] + rng.normal(0, 4, (n, 4)) * [1, 1, 0.5, 0.5]
+
+    gt_a, gt_b = boxes(few), boxes(many)
+    cats = [4] * few + [9] * many
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": c, "bbox": b.tolist(), "iscrowd": int(i % 50 == 7)}
+        for i, (c, b) in enumerate(zip(cats, np.concatenate([gt_a, gt_b])))
+    ]
+    results = []
+    for cat, bs in (
+        (4, np.concatenate([near(gt_a, many // 2), boxes(many - many // 2)])),
+        (9, near(gt_b, few)),
+    ):
+        for x, y, w, h in bs.tolist():
+            score = round(float(rng.uniform()), 2)  # ties: broken by input order, identically
+            results.append(
+                {"image_id": 1, "category_id": cat, "bbox": [x, y, max(w, 1), max(h, 1)], "score": score}
+            )
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 2000, "height": 2000}],
+        "annotations": anns,
+        "categories": [{"id": 9, "name": "b"}, {"id": 4, "name": "a"}],
+    }
+    return gt, results
+
+
+def test_backends_agree_on_a_dense_image():
+    gt, results = _dense_image()
+    assert len(gt["annotations"]) + len(results) > 3000
+    py, fast = _on_both(evaluate_detections, gt, results, max_dets=[1, 10, 100, 1000])
+    assert _without_backend(fast) == _without_backend(py)
+    assert 0 < fast["AP"] < 1 and fast["AR@100"] < fast["AR@1000"]  # the 1000 limit matters
+    # class-agnostic, both categories pool into one matching: smaller, or pycocotools takes long
+    gt, results = _dense_image(seed=1, many=300)
+    areas = {"small": (0, 40), "large": (40, 1e5)}
+    py, fast = _on_both(evaluate_proposals, gt, results, max_proposals=[10, 100], area_ranges=areas)
+    assert _without_backend(fast) == _without_backend(py)
+    assert 0 < fast["by_max_proposals"]["10"]["AR"] < fast["AR"] < 1
+
+
+@pytest.mark.parametrize("string_image_ids", [False, True])
+def test_backends_agree_with_sparse_unsorted_ids(string_image_ids):
+    # categories listed out of order with sparse ids, image ids sparse and unsorted (or
+    # strings), annotation ids 0 and huge: faster-coco-eval gets ranks, results must not move
+    gt = json.loads(GT.read_text())
+    cat_map = {1: 90, 2: 3, 5: 41, 7: 1000}
+    img_map = {
+        img["id"]: (f"img-{k}" if string_image_ids else 10**9 - 7 * k) for k, img in enumerate(gt["images"])
+    }
+    gt["categories"] = sorted(
+        ({**c, "id": cat_map[c["id"]], "name": "shape"} for c in gt["categories"]), key=lambda c: -c["id"] % 7
+    )  # one name for all: per-class keys carry the id
+    gt["images"] = [{**img, "id": img_map[img["id"]]} for img in reversed(gt["images"])]
+    for n, a in enumerate(gt["annotations"]):
+        a.update(
+            id=0 if n == 3 else 10**12 + n,
+            category_id=cat_map[a["category_id"]],
+            image_id=img_map[a["image_id"]],
+        )
+    dets = [
+        {**d, "category_id": cat_map[d["category_id"]], "image_id": img_map[d["image_id"]]}
+        for d in json.loads(DETS.read_text())
+    ]
+    py, fast = _on_both(evaluate_detections, gt, dets, max_dets=[1, 2, 100])
+    assert _without_backend(fast) == _without_backend(py)
+    assert list(fast["per_class"]) == ["shape (3)", "shape (41)", "shape (90)", "shape (1000)"]
+    plain = evaluate_detections(GT, DETS, max_dets=[1, 2, 100], backend="pycocotools")["per_class"]
+    assert fast["per_class"]["shape (90)"] == plain["circle"]
+    assert fast["per_class"]["shape (3)"] == plain["square"]
+    # annotation id 0 (a triangle) never counts as matched, in pycocotools as here
+    assert fast["per_class"]["shape (41)"] < plain["triangle"]
+    py, fast = _on_both(evaluate_proposals, gt, dets, max_proposals=[1, 5, 300])
+    assert _without_backend(fast) == _without_backend(py)
+
+
+def test_backends_agree_on_proposal_recall():
+    areas = {"small": (0, 30), "rest": (30, 1e5)}
+    py, fast = _on_both(evaluate_proposals, GT, DETS, max_proposals=[1, 3, 300], area_ranges=areas)
+    assert _without_backend(fast) == _without_backend(py)
+    assert fast["by_max_proposals"]["1"]["AR"] < fast["by_max_proposals"]["300"]["AR"]
+
+
+@pytest.mark.parametrize("backend_name", ["pycocotools", FAST])
+def test_proposals_count_when_the_ground_truth_has_no_category_1(backend_name):
+    _needs(backend_name)
+    gt = _tiny_gt([40, 40])
+    for c, a in zip(gt["categories"], gt["annotations"]):
+        c["id"] = a["category_id"] = c["id"] + 10  # categories 11 and 12
+    props = [{"image_id": 1, "bbox": a["bbox"], "score": 0.5} for a in gt["annotations"]]
+    assert evaluate_proposals(gt, props, backend=backend_name)["AR"] == pytest.approx(1.0)
+
+
+def test_empty_results_on_both_backends():
+    py, fast = _on_both(evaluate_detections, GT, [])
+    assert _without_backend(fast) == _without_backend(py) and fast["AP"] == 0.0
+    py, fast = _on_both(evaluate_proposals, GT, [])
+    assert _without_backend(fast) == _without_backend(py) and fast["AR"] == 0.0
+
+
+def test_iscrowd_must_be_a_flag():
+    gt = json.loads(GT.read_text())
+    gt["annotations"][1]["iscrowd"] = 2
+    with pytest.raises(CocoFormatError, match=r"annotations\[1\] \(id 2\): iscrowd must be 0 or 1"):
+        evaluate_detections(gt, [])
+
+
+# ----------------------------------------------------------------- backend choice
+
+
+def test_auto_backend_prefers_faster_coco_eval():
+    _needs(FAST)
+    assert evaluate_detections(GT, DETS)["backend"] == FAST
+    assert evaluate_proposals(GT, DETS)["backend"] == FAST
+
+
+def test_faster_backend_not_installed(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # `import faster_coco_eval` fails
+    for fn in (evaluate_detections, evaluate_proposals):
+        with pytest.raises(SniperError, match=r"not installed: pip install faster-coco-eval") as err:
+            fn(GT, DETS, backend=FAST)
+        assert "\n" not in str(err.value)
+        assert fn(GT, DETS)["backend"] == "pycocotools"  # auto
+    args = ["evaluate", "--annotations", str(GT), "--detections", str(DETS)]
+    assert main([*args, "--backend", FAST]) == 2
+    err = capsys.readouterr().err
+    assert "pip install faster-coco-eval" in err and len(err.strip().splitlines()) == 1
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("(pycocotools)")
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        evaluate_detections(GT, DETS, backend="cocoapi")
+
+
+def test_cli_backend_option(tmp_path, capsys):
+    _needs(FAST)
+    stats = {}
+    for name in ("pycocotools", FAST):
+        out = tmp_path / f"{name}.json"
+        args = ["evaluate", "--annotations", str(GT), "--detections", str(DETS), "--backend", name]
+        assert main([*args, "--out", str(out)]) == 0
+        assert capsys.readouterr().out.splitlines()[0].endswith(f"({name})")
+        data = json.loads(out.read_text())
+        assert data["backend"] == name
+        stats[name] = data["stats"]
+    assert stats["pycocotools"] == stats[FAST]
+    args = ["evaluate", "--annotations", str(GT), "--detections", str(DETS), "--proposals", "--backend", FAST]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"({FAST})")

@@ -1,4 +1,4 @@
-"""COCO box AP and proposal recall, computed by pycocotools' ``COCOeval`` itself.
+"""COCO box AP and proposal recall, with the numbers of pycocotools' ``COCOeval``.
 
 Two entry points:
 
@@ -12,10 +12,18 @@ Two entry points:
   (default 300). This is ``COCOeval`` with ``useCats=0``, ``maxDets=[N]`` and the
   squared size bounds as ``areaRng``.
 
+Backends (``backend=``, in the result as ``"backend"``): ``"pycocotools"`` runs pycocotools'
+``COCOeval`` itself. ``"faster-coco-eval"`` (``pip install faster-coco-eval``) computes the
+IoUs and the per-image matching in C++, pycocotools' Python loops that take minutes on an
+image with thousands of boxes; its accumulation differs from pycocotools' in the last bit of
+precision, so the accumulation is pycocotools' own, redone here in numpy: every number is
+bit-for-bit that of pycocotools. ``"auto"`` (the default) takes faster-coco-eval when it is
+installed.
+
 Sizes are those pycocotools uses: a GT box's ``area`` field (for real COCO, the
 segmentation area; filled in as w * h when missing). A bound is inclusive on both
 sides, as in pycocotools. A metric with no ground truth in its range is undefined:
-pycocotools reports -1, here it is ``None`` (JSON null); the raw pycocotools numbers
+pycocotools reports -1, here it is ``None`` (JSON null); the raw numbers (-1 included)
 are kept under ``stats``.
 
 ``gt`` is a COCO annotation file (path) or its dict; ``dets`` is a COCO results file
@@ -28,18 +36,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
+import importlib.metadata
 import io
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sniper.errors import CocoFormatError
+from sniper.errors import CocoFormatError, SniperError
 from sniper.io import read_json
 
 __all__ = [
+    "BACKENDS",
     "COCO_AREA_RANGES",
     "PROPOSAL_AREA_RANGES",
     "evaluate_detections",
@@ -48,6 +61,7 @@ __all__ = [
     "format_proposal_table",
     "load_ground_truth",
     "load_results",
+    "resolve_backend",
 ]
 
 # pycocotools' "no upper bound" (its default areaRng uses 1e5 ** 2).
@@ -135,6 +149,8 @@ def load_ground_truth(gt: PathOrDict) -> dict[str, Any]:
         elif not _is_number(ann["area"]):
             raise CocoFormatError(f"{rec}: area must be a finite number, got {ann['area']!r}")
         ann.setdefault("iscrowd", 0)
+        if ann["iscrowd"] not in (0, 1):  # a flag; backends would read other values differently
+            raise CocoFormatError(f"{rec}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
     return data
 
 
@@ -150,6 +166,9 @@ def load_results(
         )
     image_ids = {img["id"] for img in gt["images"]}
     cat_ids = {c["id"] for c in gt["categories"]}
+    # Without categories (proposals) every result gets one the GT has: COCOeval with
+    # useCats=0 pools the GT categories and silently drops results of any other category.
+    any_cat = gt["categories"][0]["id"] if gt["categories"] else 1
     out = []
     unknown_images: dict[Any, int] = {}
     unknown_cats: dict[Any, int] = {}
@@ -173,7 +192,7 @@ def load_results(
         out.append(
             {
                 "image_id": d["image_id"],
-                "category_id": d.get("category_id", 1) if check_categories else 1,
+                "category_id": d["category_id"] if check_categories else any_cat,
                 "bbox": [float(v) for v in d["bbox"]],
                 "score": float(d["score"]),
             }
@@ -191,7 +210,71 @@ def load_results(
     return out
 
 
-# ----------------------------------------------------------------- pycocotools
+# ----------------------------------------------------------------- backends
+
+# "auto": faster-coco-eval when it is installed, else pycocotools.
+BACKENDS = ("auto", "pycocotools", "faster-coco-eval")
+_INSTALL_HINT = "pip install faster-coco-eval (or: pip install 'sniper-det[fast-eval]')"
+
+
+def _faster_coco_eval_installed() -> bool:
+    try:  # the package imports its C++ extensions, so a broken build counts as not installed
+        importlib.import_module("faster_coco_eval")
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """The backend that ``backend`` names: ``auto`` picks faster-coco-eval when it is installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "pycocotools":
+        return backend
+    installed = _faster_coco_eval_installed()
+    if backend == "auto":
+        return "faster-coco-eval" if installed else "pycocotools"
+    if not installed:
+        raise SniperError(f"evaluation backend 'faster-coco-eval' is not installed: {_INSTALL_HINT}")
+    return backend
+
+
+@dataclass(frozen=True)
+class _Accumulated:
+    """What the summaries need from ``COCOeval.accumulate()``, whichever backend ran."""
+
+    backend: str
+    precision: np.ndarray  # [T, R, K, A, M], -1 where there is no ground truth
+    recall: np.ndarray  # [T, K, A, M]
+    iou_thrs: np.ndarray  # [T]
+    area_labels: list[str]  # [A]
+    max_dets: list[int]  # [M]
+    cat_ids: list[Any]  # [K] GT category ids in COCOeval's (sorted) order; [] without categories
+
+
+def _set_params(params: Any, *, use_cats: bool, max_dets: Sequence[int], area_ranges: Mapping) -> None:
+    params.useCats = int(use_cats)
+    params.maxDets = [int(m) for m in max_dets]
+    ranges = {"all": (0, _OPEN), **area_ranges}
+    params.areaRng = [[float(lo) ** 2, float(hi) ** 2] for lo, hi in ranges.values()]
+    params.areaRngLbl = list(ranges)
+
+
+def _coco_pair(coco_cls: type, dataset: dict[str, Any], results: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """Ground-truth and result ``COCO`` objects of either backend (their APIs agree here)."""
+    coco_gt = coco_cls()
+    coco_gt.dataset = dataset
+    coco_gt.createIndex()
+    if results:
+        return coco_gt, coco_gt.loadRes(results)
+    coco_dt = coco_cls()  # pycocotools' loadRes cannot take an empty list
+    coco_dt.dataset = {
+        "images": list(dataset["images"]),
+        "categories": copy.deepcopy(dataset["categories"]),
+        "annotations": [],
+    }
+    coco_dt.createIndex()
+    return coco_gt, coco_dt
 
 
 def _run_cocoeval(
@@ -201,31 +284,219 @@ def _run_cocoeval(
     use_cats: bool,
     max_dets: Sequence[int],
     area_ranges: Mapping[str, tuple[float, float]],
-):
-    """Run COCOeval.evaluate() + accumulate() quietly; return the COCOeval object."""
+    backend: str = "auto",
+) -> _Accumulated:
+    """COCOeval's evaluate() + accumulate() on the chosen backend, quietly."""
+    kw = {"use_cats": use_cats, "max_dets": max_dets, "area_ranges": area_ranges}
+    if resolve_backend(backend) == "faster-coco-eval":
+        return _run_faster_coco_eval(gt, results, **kw)
+    return _run_pycocotools(gt, results, **kw)
+
+
+def _run_pycocotools(gt, results, *, use_cats, max_dets, area_ranges) -> _Accumulated:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes(results)
-        else:  # loadRes cannot take an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": list(gt["images"]), "categories": copy.deepcopy(gt["categories"])}
-            coco_dt.dataset["annotations"] = []
-            coco_dt.createIndex()
+        coco_gt, coco_dt = _coco_pair(COCO, gt, results)
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        ev.params.useCats = int(use_cats)
-        ev.params.maxDets = [int(m) for m in max_dets]
-        ranges = {"all": (0, _OPEN), **area_ranges}
-        ev.params.areaRng = [[float(lo) ** 2, float(hi) ** 2] for lo, hi in ranges.values()]
-        ev.params.areaRngLbl = list(ranges)
+        _set_params(ev.params, use_cats=use_cats, max_dets=max_dets, area_ranges=area_ranges)
         ev.evaluate()
         ev.accumulate()
-    return ev
+    p = ev.params
+    return _Accumulated(
+        backend="pycocotools",
+        precision=ev.eval["precision"],
+        recall=ev.eval["recall"],
+        iou_thrs=p.iouThrs,
+        area_labels=list(p.areaRngLbl),
+        max_dets=list(p.maxDets),
+        cat_ids=list(p.catIds) if use_cats else [],
+    )
+
+
+# faster-coco-eval runs the IoUs and the greedy matching per image in C++ (the part that is
+# quadratic in Python), identically to pycocotools. Its C++ accumulate() computes precision
+# as tp / (tp + fp), where pycocotools has tp / (tp + fp + eps): values differ in the last bit
+# (1.0 vs 0.9999999999999998), and so would AP. So only its per-image matching is used here,
+# and the accumulation below repeats pycocotools' accumulate() exactly, in numpy.
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    """faster-coco-eval's COCOeval logs its progress (at INFO) through this function."""
+
+
+def _with_integer_ids(
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *, use_cats: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any], dict[int, list[int]]]:
+    """``gt`` and ``results`` with image and category ids replaced by their rank.
+
+    faster-coco-eval needs integer ids (it casts image ids with ``int()`` and keys its C++
+    tables by int64), COCO allows any. Ranks keep the sorted order COCOeval evaluates in,
+    which breaks score ties, so results are unchanged. GT annotation ids become 1..N except
+    0 stays 0: pycocotools stores the matched GT id and reads 0 as "not matched".
+    Also returns the category ids in rank order and, per category rank (0 for all of them
+    without categories), the image ranks holding any GT or result: only those have
+    per-image results to accumulate.
+    """
+    img_rank = {v: r for r, v in enumerate(sorted(img["id"] for img in gt["images"]))}
+    cat_ids = sorted(c["id"] for c in gt["categories"])
+    cat_rank = {v: r for r, v in enumerate(cat_ids)}
+    anns = [
+        {
+            "id": 0 if a["id"] == 0 else n + 1,
+            "image_id": img_rank[a["image_id"]],
+            "category_id": cat_rank[a["category_id"]],
+            "bbox": a["bbox"],
+            "area": a["area"],
+            "iscrowd": int(a["iscrowd"]),
+        }
+        for n, a in enumerate(gt["annotations"])
+    ]
+    dets = [
+        {
+            "image_id": img_rank[d["image_id"]],
+            "category_id": cat_rank.get(d["category_id"], -1),  # -1: no categories, nothing to match
+            "bbox": d["bbox"],
+            "score": d["score"],
+        }
+        for d in results
+    ]
+    cells: dict[int, set[int]] = {}
+    for rec in (*anns, *dets):
+        cells.setdefault(rec["category_id"] if use_cats else 0, set()).add(rec["image_id"])
+    dataset = {
+        "images": [{"id": r} for r in range(len(img_rank))],
+        "annotations": anns,
+        "categories": [{"id": r} for r in range(len(cat_ids))],
+    }
+    return dataset, dets, cat_ids, {k: sorted(v) for k, v in cells.items()}
+
+
+def _run_faster_coco_eval(gt, results, *, use_cats, max_dets, area_ranges) -> _Accumulated:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    dataset, dets, cat_ids, cells = _with_integer_ids(gt, results, use_cats=use_cats)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # pycocotools gives annotation id 0 the same (odd) meaning without a word; keep it quiet
+        warnings.filterwarnings("ignore", message="Found annotation id 0")
+        coco_gt, coco_dt = _coco_pair(COCO, dataset, dets)
+        ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=_quiet, separate_eval=True)
+        _set_params(ev.params, use_cats=use_cats, max_dets=max_dets, area_ranges=area_ranges)
+        ev.evaluate()  # IoUs and matching; separate_eval keeps the per-image results
+    p = ev.params
+    shape = (len(cat_ids) if use_cats else 1, len(p.areaRng), len(p.imgIds))
+    evals = getattr(ev, "_evalImgs_cpp", None)
+    if evals is None or len(evals) != math.prod(shape):
+        raise SniperError(
+            f"faster-coco-eval {_version('faster_coco_eval')}: unexpected per-image results; "
+            "use --backend pycocotools, or install faster-coco-eval>=1.6"
+        )
+    precision, recall = _accumulate(
+        evals, cells, shape=shape, max_dets=p.maxDets, iou_thrs=p.iouThrs, rec_thrs=p.recThrs
+    )
+    return _Accumulated(
+        backend="faster-coco-eval",
+        precision=precision,
+        recall=recall,
+        iou_thrs=p.iouThrs,
+        area_labels=list(p.areaRngLbl),
+        max_dets=list(p.maxDets),
+        cat_ids=cat_ids if use_cats else [],
+    )
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "(unknown version)"
+
+
+def _accumulate(
+    evals: Sequence[Any],
+    cells: Mapping[int, Sequence[int]],
+    *,
+    shape: tuple[int, int, int],
+    max_dets: Sequence[int],
+    iou_thrs: np.ndarray,
+    rec_thrs: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """pycocotools' ``COCOeval.accumulate()`` on faster-coco-eval's per-image results.
+
+    ``evals[(k * A + a) * I + i]`` holds image ``i``, category ``k``, area range ``a`` (the
+    layout of pycocotools' ``evalImgs``); ``shape`` is (K, A, I). Returns precision
+    [T, R, K, A, M] and recall [T, K, A, M].
+    """
+    num_cats, num_areas, num_images = shape
+    T, R, M = len(iou_thrs), len(rec_thrs), len(max_dets)
+    precision = -np.ones((T, R, num_cats, num_areas, M))
+    recall = -np.ones((T, num_cats, num_areas, M))
+    for k in range(num_cats):
+        images = cells.get(k, ())
+        for a in range(num_areas):
+            base = (k * num_areas + a) * num_images
+            scores, rank, matched, ignored, num_gt = _gather([evals[base + i] for i in images], T)
+            if num_gt == 0:  # pycocotools leaves -1: undefined
+                continue
+            for m, max_det in enumerate(max_dets):
+                keep = rank < max_det  # each image's best max_det results
+                precision[:, :, k, a, m], recall[:, k, a, m] = _precision_recall(
+                    scores[keep], matched[:, keep], ignored[:, keep], num_gt, rec_thrs
+                )
+    return precision, recall
+
+
+def _gather(image_evals: Sequence[Any], T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """One (category, area range)'s per-image results, concatenated in image order as in
+    pycocotools: result scores, each result's rank in its image, matched GT id [T, N] (0: none),
+    ignore flags [T, N], and the number of GT boxes not ignored."""
+    scores, rank, matched, ignored = [], [], [], []
+    num_gt = 0
+    for e in image_evals:
+        # (detection_matches, gt_matches, detection_scores, gt_ignores, detection_ignores, ...):
+        # the C++ ImageEvaluation's pickled state, the one way to read it from Python
+        det_matches, _, det_scores, gt_ignores, det_ignores = e.__getstate__()[:5]
+        num_gt += len(gt_ignores) - sum(gt_ignores)
+        n = len(det_scores)
+        if n:
+            scores.append(np.asarray(det_scores, dtype=np.float64))
+            rank.append(np.arange(n))
+            matched.append(np.asarray(det_matches, dtype=np.int64).reshape(T, n))
+            ignored.append(np.asarray(det_ignores, dtype=bool).reshape(T, n))
+    if not scores:
+        return np.zeros(0), np.zeros(0, np.int64), np.zeros((T, 0), np.int64), np.zeros((T, 0), bool), num_gt
+    return (
+        np.concatenate(scores),
+        np.concatenate(rank),
+        np.concatenate(matched, axis=1),
+        np.concatenate(ignored, axis=1),
+        num_gt,
+    )
+
+
+def _precision_recall(
+    scores: np.ndarray, matched: np.ndarray, ignored: np.ndarray, num_gt: int, rec_thrs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolated precision [T, R] and recall [T] of one cell, with pycocotools' arithmetic."""
+    order = np.argsort(-scores, kind="mergesort")  # stable, as pycocotools: ties keep image order
+    matched, ignored = matched[:, order], ignored[:, order]
+    tps = np.logical_and(matched, np.logical_not(ignored))
+    fps = np.logical_and(np.logical_not(matched), np.logical_not(ignored))
+    tp_sum = np.cumsum(tps, axis=1).astype(dtype=float)
+    fp_sum = np.cumsum(fps, axis=1).astype(dtype=float)
+    T, n = tp_sum.shape
+    precision = np.zeros((T, len(rec_thrs)))
+    if n == 0:
+        return precision, np.zeros(T)
+    rc = tp_sum / num_gt
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # best precision at this recall or more
+    for t in range(T):
+        inds = np.searchsorted(rc[t], rec_thrs, side="left")
+        hit = inds < n  # recall thresholds never reached keep precision 0
+        precision[t, hit] = pr[t, inds[hit]]
+    return precision, rc[:, -1]
 
 
 def _mean_defined(s: np.ndarray) -> float:
@@ -234,18 +505,19 @@ def _mean_defined(s: np.ndarray) -> float:
     return float(np.mean(s)) if s.size else -1.0
 
 
-def _summary(ev, kind: str, *, iou: float | None = None, area: str = "all", max_det: int) -> float:
-    p = ev.params
-    a = p.areaRngLbl.index(area)
-    m = list(p.maxDets).index(max_det)
+def _summary(
+    acc: _Accumulated, kind: str, *, iou: float | None = None, area: str = "all", max_det: int
+) -> float:
+    a = acc.area_labels.index(area)
+    m = acc.max_dets.index(max_det)
     if kind == "ap":
-        s = ev.eval["precision"]  # [T, R, K, A, M]
+        s = acc.precision  # [T, R, K, A, M]
         if iou is not None:
-            s = s[np.where(iou == p.iouThrs)[0]]
+            s = s[np.where(iou == acc.iou_thrs)[0]]
         return _mean_defined(s[:, :, :, a, m])
-    s = ev.eval["recall"]  # [T, K, A, M]
+    s = acc.recall  # [T, K, A, M]
     if iou is not None:
-        s = s[np.where(iou == p.iouThrs)[0]]
+        s = s[np.where(iou == acc.iou_thrs)[0]]
     return _mean_defined(s[:, :, a, m])
 
 
@@ -294,6 +566,7 @@ def evaluate_detections(
     max_dets: Sequence[int] = (1, 10, 100),
     area_ranges: Mapping[str, tuple[float, float]] | None = None,
     per_class: bool = True,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """COCO box AP of ``dets`` against ``gt`` (see the module docstring).
 
@@ -301,13 +574,16 @@ def evaluate_detections(
     "ARs", "ARm", "ARl", "per_class": {category name: AP}, "stats": [...], ...}``: fractions in
     [0, 1], ``None`` where undefined. Custom ``area_ranges`` (name -> (lo, hi) sqrt-area px)
     give keys ``AP_<name>``/``AR_<name>`` (``small``/``medium``/``large`` keep ``APs``...).
-    ``stats`` holds the raw pycocotools numbers in ``COCOeval.stats`` order (-1 undefined).
+    ``stats`` holds the raw numbers in pycocotools' ``COCOeval.stats`` order (-1 undefined).
+    ``backend`` is one of ``BACKENDS``; ``"backend"`` in the result says which one ran.
     """
     max_dets = _check_max_dets(max_dets)
     area_ranges = dict(COCO_AREA_RANGES if area_ranges is None else area_ranges)
     gt_data = load_ground_truth(gt)
     results = load_results(dets, gt_data)
-    ev = _run_cocoeval(gt_data, results, use_cats=True, max_dets=max_dets, area_ranges=area_ranges)
+    ev = _run_cocoeval(
+        gt_data, results, use_cats=True, max_dets=max_dets, area_ranges=area_ranges, backend=backend
+    )
     top = max_dets[-1]
     stats = [
         _summary(ev, "ap", max_det=top),
@@ -332,19 +608,20 @@ def evaluate_detections(
         area_ranges={k: list(v) for k, v in area_ranges.items()},
         num_images=len(gt_data["images"]),
         num_detections=len(results),
+        backend=ev.backend,
     )
     return metrics
 
 
-def _per_class_ap(ev, gt: Mapping[str, Any]) -> dict[str, float | None]:
+def _per_class_ap(ev: _Accumulated, gt: Mapping[str, Any]) -> dict[str, float | None]:
     """AP at IoU 0.50:0.95, all areas, the largest max-dets, by category name."""
-    precision = ev.eval["precision"]  # [T, R, K, A, M]
-    a = ev.params.areaRngLbl.index("all")
+    precision = ev.precision  # [T, R, K, A, M]
+    a = ev.area_labels.index("all")
     names = [str(c.get("name", c["id"])) for c in gt["categories"]]
     by_id = {c["id"]: n for c, n in zip(gt["categories"], names)}
     dup = {n for n in names if names.count(n) > 1}
     out = {}
-    for k, cat_id in enumerate(ev.params.catIds):
+    for k, cat_id in enumerate(ev.cat_ids):
         name = by_id[cat_id] if by_id[cat_id] not in dup else f"{by_id[cat_id]} ({cat_id})"
         out[name] = _defined(_mean_defined(precision[:, :, k, a, -1]))
     return out
@@ -356,17 +633,21 @@ def evaluate_proposals(
     *,
     max_proposals: int | Sequence[int] = 300,
     area_ranges: Mapping[str, tuple[float, float]] | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Class-agnostic proposal recall (paper Table 1); ``category_id`` of proposals is ignored.
 
     Returns ``{"AR", "AR50", "AR75", "AR_0-25", ..., "AR_200-300", "max_proposals": N,
-    "num_gt": {range: count}, "by_max_proposals": {"N": {...}}}`` at the largest N given.
+    "num_gt": {range: count}, "by_max_proposals": {"N": {...}}, "backend": ...}`` at the
+    largest N given. ``backend`` is one of ``BACKENDS``.
     """
     ks = _check_max_dets([max_proposals] if isinstance(max_proposals, int) else max_proposals)
     area_ranges = dict(PROPOSAL_AREA_RANGES if area_ranges is None else area_ranges)
     gt_data = load_ground_truth(gt)
     results = load_results(proposals, gt_data, check_categories=False)
-    ev = _run_cocoeval(gt_data, results, use_cats=False, max_dets=ks, area_ranges=area_ranges)
+    ev = _run_cocoeval(
+        gt_data, results, use_cats=False, max_dets=ks, area_ranges=area_ranges, backend=backend
+    )
     by_k = {}
     for k in ks:
         row = {
@@ -384,6 +665,7 @@ def evaluate_proposals(
         area_ranges={k: list(v) for k, v in area_ranges.items()},
         num_images=len(gt_data["images"]),
         num_proposals=len(results),
+        backend=ev.backend,
     )
     return metrics
 
@@ -405,6 +687,10 @@ def _range_label(lo: float, hi: float) -> str:
     return f"{lo:g}-{hi:g}" if hi < _OPEN else f">={lo:g}"
 
 
+def _backend_note(m: Mapping[str, Any]) -> str:
+    return f" ({m['backend']})" if m.get("backend") else ""
+
+
 def format_detection_table(m: Mapping[str, Any]) -> str:
     """Fixed-width text table of ``evaluate_detections`` output."""
     top = m["max_dets"][-1]
@@ -414,7 +700,7 @@ def format_detection_table(m: Mapping[str, Any]) -> str:
     rows += [(f"AR@{k}", "0.50:0.95", "all", k) for k in m["max_dets"]]
     rows += [(_area_key("AR", a), "0.50:0.95", a, top) for a in areas]
     lines = [
-        f"COCO box evaluation: {m['num_images']} images, {m['num_detections']} detections",
+        f"COCO box evaluation: {m['num_images']} images, {m['num_detections']} detections" + _backend_note(m),
         f"{'metric':<12} {'IoU':<10} {'area':<16} {'maxDets':>7} {'value':>6}",
     ]
     for key, iou, area, k in rows:
@@ -437,7 +723,7 @@ def format_proposal_table(m: Mapping[str, Any]) -> str:
     keys = ["AR", "AR50", "AR75"] + [f"AR_{a}" for a in m["area_ranges"]]
     lines = [
         f"proposal recall (class-agnostic): {m['num_images']} images, {m['num_proposals']} proposals, "
-        f"{m['num_gt']['all']} GT boxes",
+        f"{m['num_gt']['all']} GT boxes" + _backend_note(m),
         f"{'metric':<12} {'#GT':>6} " + " ".join(f"{'@' + k:>7}" for k in ks),
     ]
     for key in keys:
