@@ -35,7 +35,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -x; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -x
 
 # Build the wheel, install it into a fresh venv and run the CLI from outside the checkout.
 wheel-check: $(STAMP)

@@ -24,11 +24,17 @@ from sniper.chips import (
     sample_negatives,
     selection_mask,
     window_positions,
+    window_priority,
 )
 from sniper.config import ChipConfig
 from sniper.scales import Scale, scaled_size
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# ``settings.default.max_examples``: the mutation profile (tests/conftest.py) lowers it.
+SETTINGS = settings(
+    max_examples=min(60, settings.default.max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def one_scale(factor=1.0, lo=None, hi=None, **kw) -> ChipConfig:
@@ -189,7 +195,7 @@ def test_positive_chips_cover_every_valid_box_and_match_dense_oracle(sc):
     assert (pos.count >= 1).all() and pos.count.sum() == mask.sum()  # each box counted once per scale
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=min(25, settings.default.max_examples), deadline=None)
 @given(scene(max_boxes=50))
 def test_bitmask_and_rectangle_greedy_pick_the_same_chips(sc):
     boxes, crowd, w, h, cfg, seed = sc
@@ -404,3 +410,232 @@ def test_coco_like_image_counts():
 def test_module_examples_run():
     failures, tried = doctest.testmod(chips_mod, optionflags=doctest.ELLIPSIS)
     assert tried > 5 and failures == 0
+
+
+# ---------------------------------------------------------------- tie-break hash (the spec)
+
+M64 = 2**64 - 1
+GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
+PI_KEY = 0x243F6A8885A308D3  # _mix's start value (hex digits of pi)
+
+
+def splitmix64_out(state: int) -> int:
+    """splitmix64's output function, written from the published algorithm (Steele et al.)."""
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return z ^ (z >> 31)
+
+
+def ref_mix(parts) -> int:
+    h = PI_KEY
+    for p in parts:
+        h = splitmix64_out(((h ^ (p % 2**64)) + GOLDEN) % 2**64)
+    return h
+
+
+def ref_priority(key: int, scale_index: int, n: int) -> list[int]:
+    salt = (key ^ (scale_index * GOLDEN)) % 2**64
+    out = []
+    for i in range(n):
+        z = ((i ^ salt) * 0xBF58476D1CE4E5B9) % 2**64
+        z ^= z >> 29
+        z = (z * 0x94D049BB133111EB) % 2**64
+        out.append(z >> 33)
+    return out
+
+
+def test_splitmix64_reference_matches_the_published_vector():
+    # splitmix64 seeded with 0: first output 0xE220A8397B1DCDAF (the reference implementation)
+    assert splitmix64_out(GOLDEN) == 0xE220A8397B1DCDAF
+    # so folding the single part PI_KEY (h ^ p == 0) gives that same number
+    assert chips_mod._mix(PI_KEY) == 0xE220A8397B1DCDAF
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, -3, 2**64 + 5, (1, 2, 3), (0, 5, 0x5742), [9], np.int64(4)])
+def test_mix_folds_each_part_with_splitmix64(seed):
+    parts = [int(seed)] if isinstance(seed, int | np.integer) else [int(p) for p in seed]
+    assert chips_mod._mix(seed) == ref_mix(parts)
+
+
+@pytest.mark.parametrize("seed, scale_index", [(0, 0), (3, 2), ((1, 2, 3), -1), (5, -3), ((7, 1, 9), 0x5A4D)])
+def test_window_priority_is_the_documented_hash(seed, scale_index):
+    key = ref_mix([seed] if isinstance(seed, int) else list(seed))
+    pr = window_priority(seed, scale_index, 40)
+    assert pr.dtype == np.int64
+    assert pr.tolist() == ref_priority(key, scale_index, 40)
+    assert ((pr >= 0) & (pr < 2**31)).all()
+    # the sub-grid form (an index array) hashes the same window indices
+    idx = np.array([39, 0, 17])
+    assert chips_mod._priority(key, scale_index, idx).tolist() == [
+        ref_priority(key, scale_index, 40)[i] for i in idx
+    ]
+
+
+def test_epoch_stride_draw_is_the_documented_hash():
+    cfg = ChipConfig(random_stride=[56, 59])
+    for seed, epoch in [(0, 0), (1, 3), (7, 11)]:
+        assert epoch_stride(cfg, seed, epoch) == 56 + ref_mix([seed, epoch, 0x5742]) % 4
+    cfg.random_stride = [40, 40]  # lo == hi is allowed
+    assert epoch_stride(cfg, 3, 1) == 40
+    for bad in ([0, 5], [6, 5], [-2, 4]):
+        cfg.random_stride = bad
+        with pytest.raises(ValueError, match="0 < lo <= hi"):
+            epoch_stride(cfg, 0, 0)
+
+
+def test_sample_negatives_keeps_the_lowest_priorities_in_pool_order():
+    m = 9
+    pool = ImageChips(
+        4,
+        np.arange(4 * m, dtype=float).reshape(m, 4),
+        np.ones(m),
+        np.zeros(m, dtype=np.int64),
+        np.ones(m, dtype=bool),
+        np.arange(4 * m).reshape(m, 4),
+        np.arange(m) + 100,
+    )
+    for n, image_id in [(3, None), (1, 2), (8, None)]:
+        iid = 4 if image_id is None else image_id
+        prio = ref_priority(ref_mix([1, 6, iid]), 0x5A4D, m)
+        expected = sorted(sorted(range(m), key=lambda i: (prio[i], i))[:n])
+        got = sample_negatives(pool, n, seed=1, epoch=6, image_id=image_id)
+        assert got.count.tolist() == [100 + i for i in expected]
+        assert got.image_id == 4
+    with pytest.raises(ValueError, match=">= 0"):
+        sample_negatives(pool, -1, seed=0, epoch=0)
+    assert len(sample_negatives(pool, m, seed=0, epoch=0)) == m
+
+
+# ---------------------------------------------------------------- value types, by hand
+
+
+def test_chip_rejects_bad_geometry_and_maps_to_float64():
+    with pytest.raises(ValueError, match=r"x2 > x1 and y2 > y1, got \(0, 0, 0, 1\)"):
+        Chip(0, 0, 0, 1, scale=1.0, scale_index=0)
+    with pytest.raises(ValueError, match="positive and finite"):
+        Chip(0, 0, 1, 1, scale=0.0, scale_index=0)
+    c = Chip(10.0, 20.0, 60.0, 70.0, scale=2.0, scale_index=0)
+    b = np.array([[0.0, 0.0, 4.0, 8.0]], dtype=np.float32)
+    assert c.to_image(b).dtype == np.float64 and c.to_chip(b).dtype == np.float64
+    assert c.to_image(b).tolist() == [[10.0, 20.0, 12.0, 24.0]]
+
+
+def pool_of(m: int, image_id: int = 3) -> ImageChips:
+    return ImageChips(
+        image_id,
+        np.arange(4 * m, dtype=float).reshape(m, 4) * 2,
+        np.full(m, 0.5),
+        np.arange(m, dtype=np.int64),
+        np.array([i % 2 == 1 for i in range(m)]),
+        np.arange(4 * m, dtype=np.int64).reshape(m, 4),
+        np.arange(m, dtype=np.int64) + 10,
+    )
+
+
+def test_image_chips_select_concat_and_columns_by_hand():
+    a = pool_of(3)
+    s = a.select(np.array([2, 0]))
+    assert s.windows.tolist() == [[8, 9, 10, 11], [0, 1, 2, 3]]
+    assert s.count.tolist() == [12, 10] and s.negative.tolist() == [False, False]
+    both = ImageChips.concat([a, s])
+    assert both.image_id == 3 and len(both) == 5
+    assert both.windows[3:].tolist() == [[8, 9, 10, 11], [0, 1, 2, 3]]
+    assert both.scale_index.tolist() == [0, 1, 2, 2, 0]
+    assert ImageChips.concat([a], image_id=9).image_id == 9
+    empty = ImageChips.concat([])
+    assert empty.image_id == 0 and len(empty) == 0
+    assert ImageChips.concat([], image_id=4).image_id == 4
+    for e in (empty, positive_chips(np.zeros((0, 4)), 100, 100, ChipConfig())):
+        assert e.windows.shape == (0, 4) and e.windows.dtype == np.int64
+        assert e.scale_index.dtype == np.int64 and e.count.dtype == np.int64 and e.negative.dtype == bool
+    cols = a.columns()
+    assert cols["x1"].tolist() == [0, 8, 16] and cols["y1"].tolist() == [2, 10, 18]
+    assert cols["x2"].tolist() == [4, 12, 20] and cols["y2"].tolist() == [6, 14, 22]
+    assert cols["kind"].tolist() == ["pos", "neg", "pos"] and cols["image_id"].tolist() == [3, 3, 3]
+
+
+def test_inputs_are_named_in_errors_and_masks_accept_int_flags():
+    cfg = one_scale(1.0)
+    bad = np.array([[0, 0, 10, np.inf]])
+    with pytest.raises(ValueError, match=r"^gt_boxes\[0\] is not finite"):
+        selection_mask(bad, 100, 100, cfg)
+    with pytest.raises(ValueError, match=r"^gt_boxes\[0\] is not finite"):
+        chip_labels(Chip(0, 0, 50, 50, scale=1.0, scale_index=0), bad, [1], None, cfg)
+    pos = positive_chips(np.array([[0.0, 0, 10, 10]]), 100, 100, cfg)
+    with pytest.raises(ValueError, match=r"^proposals\[0\] is not finite"):
+        negative_chips(bad, pos, 100, 100, cfg)
+    gt = np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    assert selection_mask(gt, 100, 100, cfg, iscrowd=[0, 1]).tolist() == [[True, False]]
+    lab = chip_labels(Chip(0, 0, 100, 100, scale=1.0, scale_index=0), gt, [1, 2], [0, 1], cfg)
+    assert lab.valid.dtype == bool and lab.valid.tolist() == [True, False]
+    assert lab.ignore.tolist() == [False, True]
+
+
+def test_negatives_drop_proposals_touching_a_positive_chips_edges():
+    cfg = one_scale(1.0, m=0)
+    pos = positive_chips(np.array([[10.0, 10, 60, 60]]), 2000, 600, cfg)
+    assert pos.windows.tolist() == [[0, 0, 512, 512]]
+    edges = np.array([[0.0, 0, 40, 40], [472, 472, 512, 512], [0, 472, 40, 512], [472, 0, 512, 40]])
+    assert len(negative_chips(edges, pos, 2000, 600, cfg)) == 0  # inside is inclusive on all sides
+    out = np.array([[473.0, 0, 513, 40]])  # one px out on the right
+    assert len(negative_chips(out, pos, 2000, 600, cfg)) == 1
+
+
+def test_negatives_check_positive_chips_beyond_the_first_64():
+    cfg = one_scale(1.0, m=0)
+    m = 70
+    wins = np.array([[0, 0, 512, 512]] + [[1500 + i, 0, 1501 + i, 1] for i in range(m - 1)], dtype=np.int64)
+    pos = ImageChips(
+        0,
+        wins.astype(float),
+        np.ones(m),
+        np.zeros(m, dtype=np.int64),
+        np.zeros(m, dtype=bool),
+        wins,
+        np.ones(m, dtype=np.int64),
+    )
+    props = np.tile([[100.0, 100, 140, 140]], (5, 1))  # inside chip 0 only (first chunk of 64)
+    assert len(negative_chips(props, pos, 2000, 600, cfg)) == 0
+    pos_last = pos.select(np.r_[1:m, 0])  # the holding chip last: in the second chunk
+    assert len(negative_chips(props, pos_last, 2000, 600, cfg)) == 0
+
+
+def test_epoch_defaults_and_crowd_pass_through():
+    cfg = ChipConfig()
+    gt = np.array([[10.0, 20, 60, 80], [300, 200, 500, 420]])
+    a, _ = chips_mod.epoch_pool(1, gt, 640, 480, cfg)
+    b, _ = chips_mod.epoch_pool(1, gt, 640, 480, cfg, seed=0, epoch=0)
+    assert np.array_equal(a.windows, b.windows)
+    ref = positive_chips(gt, 640, 480, cfg, seed=(0, 0, 1), image_id=1)
+    assert np.array_equal(a.windows, ref.windows) and a.image_id == 1
+    crowd = epoch_chips(1, gt, 640, 480, cfg, iscrowd=np.array([True, True]))
+    assert len(crowd) == 0  # crowd boxes are never selected
+
+
+def test_greedy_keeps_a_pick_holding_exactly_m_plus_one_whatever_its_priority():
+    # one box in a 1 x 1 grid, priority 0 (the lowest): it holds 1 > M = 0 boxes, so it is kept
+    one = (np.array([0]), np.array([0]), np.array([0]), np.array([0]))
+    prio = np.zeros(1, dtype=np.int64)
+    assert chips_mod._greedy_bitmask(*one, 1, 1, prio, 0) == ([0], [1])
+    assert chips_mod._greedy_rects(*one, 1, 1, prio, 0) == ([0], [1])
+    assert chips_mod._greedy_bitmask(*one, 1, 1, prio, 1) == ([], [])
+    assert chips_mod._greedy_rects(*one, 1, 1, prio, 1) == ([], [])
+
+
+def test_positive_chips_defaults_and_image_size_checks():
+    cfg = one_scale(1.0)
+    gt = np.array([[0.0, 0, 10, 10]])
+    assert positive_chips(gt, 100, 100, cfg).image_id == 0
+    assert positive_chips(gt, 100, 100, cfg, image_id=5).image_id == 5
+    for w, h in [(0, 100), (100, 0), (-1, 100)]:
+        with pytest.raises(ValueError, match="image size must be positive"):
+            positive_chips(gt, w, h, cfg)
+    assert window_positions(300, 512, 32).dtype == np.int64
+    assert window_positions(1000, 512, 32).dtype == np.int64
+
+
+def test_chip_maps_float32_boxes_in_float64():
+    c = Chip(10.0, 20.0, 60.0, 70.0, scale=3.0, scale_index=0)
+    b = np.array([[1.0, 1.0, 2.0, 2.0]], dtype=np.float32)
+    assert c.to_image(b).tolist() == [[10 + 1 / 3, 20 + 1 / 3, 10 + 2 / 3, 20 + 2 / 3]]

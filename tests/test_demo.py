@@ -3,6 +3,8 @@ and a rerun continues instead of starting over."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from sniper.cli import main
@@ -10,6 +12,7 @@ from sniper.cli import main
 AP_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
 
 
+@pytest.mark.slow
 def test_demo_writes_report_and_metrics_then_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = [

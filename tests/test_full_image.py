@@ -180,14 +180,18 @@ def test_epochs_are_reproducible_and_resume_exactly(coco_dir):
     full = list(a.iterate(1, 0))
     assert len(full) == a.batches_per_epoch()
     resumed = list(b.iterate(1, 3))
-    assert len(resumed) == len(full) - 3
+    assert len(resumed) == len(full) - 3 > 0
     for (x, tx), (y, ty) in zip(full[3:], resumed):
         torch.testing.assert_close(x, y)
-        assert [t["image_id"] for t in tx] == [t["image_id"] for t in ty]
+        assert len(tx) == len(x) and [t["image_id"] for t in tx] == [t["image_id"] for t in ty]
         assert all(torch.equal(p["boxes"], q["boxes"]) for p, q in zip(tx, ty))
+    items = [(t["image_id"], t["scale_index"]) for _, ts in full for t in ts]
+    assert len(items) == len(set(items)) == len(ds)  # every item once (no wrap-round on one rank)
     for images, targets in full:
         assert images.shape[-1] % 32 == 0 and images.shape[-2] % 32 == 0
-        assert all(h <= images.shape[-2] and w <= images.shape[-1] for h, w in image_sizes(targets))
+        sizes = image_sizes(targets)
+        assert len(sizes) == images.shape[0]
+        assert all(h <= images.shape[-2] and w <= images.shape[-1] for h, w in sizes)
 
 
 def test_bad_image_is_named_or_skipped(coco_dir, tmp_path):

@@ -61,7 +61,11 @@ def chips(k: int) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
 
 
 def grads_of(module: nn.Module) -> list[torch.Tensor | None]:
-    return [p.grad for p in module.parameters() if p.requires_grad]
+    """The grads of ``module``'s trainable parameters; there must be some (else ``all(...)`` over
+    them would hold for a module that was frozen by mistake)."""
+    grads = [p.grad for p in module.parameters() if p.requires_grad]
+    assert grads, f"{type(module).__name__} has no trainable parameters"
+    return grads
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -74,7 +78,8 @@ def test_train_step_then_eval(models, name):
     assert set(losses) == ALL_LOSSES
     assert all(v.dtype == torch.float32 and v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    for part in (model.rpn, model.roi_heads):
+    for part in (model.rpn, model.roi_heads):  # every parameter of both heads trains
+        assert all(p.requires_grad for p in part.parameters())
         assert all(g is not None for g in grads_of(part))
 
     model.eval()
@@ -107,6 +112,7 @@ def test_rpn_only_trains_only_the_rpn(models):
             model.rpn_only = False
         assert set(losses) == RPN_LOSSES
         sum(losses.values()).backward()
+        # the head is left out of the graph, not frozen (grads_of: it still has trainable parameters)
         assert all(g is None for g in grads_of(model.roi_heads))
         assert all(g is not None for g in grads_of(model.rpn))
         if name == "resnet50":  # conv5 and the head projection are the head's only
@@ -177,7 +183,8 @@ def test_frozen_stages_get_no_grads_and_keep_bn_in_eval(models):
     res.train()
     for part in (res.backbone.stem, res.backbone.layer1):
         assert all(not p.requires_grad for p in part.parameters())
-        assert not any(m.training for m in part.modules() if isinstance(m, nn.BatchNorm2d))
+        bns = [m for m in part.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert bns and not any(m.training for m in bns)
     assert all(p.requires_grad for p in res.backbone.layer2.parameters())
     stats = frozen[0][1].running_mean.clone()
     mob(torch.rand(2, 3, 64, 64), [target(), target()])

@@ -100,14 +100,23 @@ def bright_image(w, h, box) -> np.ndarray:
 # ------------------------------------------------------------------ geometry
 
 
-@pytest.mark.parametrize("w, h", [(640, 480), (480, 640), (333, 500), (1000, 200)])
-def test_mapping_back_is_exact(w, h):
+# (w, h) -> the size at short=800, max_size=1333, worked out by hand (not by the code under test)
+@pytest.mark.parametrize(
+    "w, h, ow, oh",
+    [
+        (640, 480, 1067, 800),  # x 5/3: 1066.7
+        (480, 640, 800, 1067),
+        (333, 500, 800, 1201),  # x 800/333: 1201.2
+        (1000, 200, 1333, 267),  # x 4 would be 4000 wide: capped, x 1.333 (266.6 high)
+    ],
+)
+def test_mapping_back_is_exact(w, h, ow, oh):
     scale = open_scale(short=800, max_size=1333)
     model = FixedModel([[100.0, 200.0, 300.0, 420.0]])
     det = Predictor(model, infer_cfg([scale], merge="nms"), CATEGORIES).predict(
         [np.zeros((h, w, 3), np.uint8)]
     )[0]
-    ow, oh = scaled_size(w, h, scale.resize_factor(w, h))
+    assert scaled_size(w, h, scale.resize_factor(w, h)) == (ow, oh)
     assert model.calls[0][1] == [(oh, ow)]  # the model saw the image at the scale's size
     expected = np.array([100 * w / ow, 200 * h / oh, 300 * w / ow, 420 * h / oh])
     expected = np.minimum(expected, [w, h, w, h])
@@ -212,6 +221,7 @@ def test_plan_windows_cover_and_bound():
         ox0, oy0, ox1, oy1 = w.own
         own += (xs >= ox0) & (xs < ox1) & (ys >= oy0) & (ys < oy1)
         assert all(o == 0 or o >= 50 for o in w.overlap)  # >= 100 input px = 50 image px
+    assert all(any(o > 0 for o in w.overlap) for w in wins)  # each window overlaps a neighbour
     assert cover.all() and (own == 1).all()  # ownership partitions the image
     assert plan_windows(100, 80, 200, 160, 200 * 160, 10) == plan_windows(100, 80, 200, 160, 10**9, 10)
     assert len(plan_windows(100, 80, 200, 160, 200 * 160, 10)) == 1
@@ -485,10 +495,9 @@ def test_end_to_end_tiny_real_model(tmp_path):
         == 0
     )
     dets = json.loads((out / "detections.json").read_text())
-    assert isinstance(dets, list)
-    assert all(
-        d["category_id"] in {3, 17, 90} and d["image_id"] in {1, 2} and len(d["bbox"]) == 4 for d in dets
-    )
+    # an untrained head scores every class ~1/4, far above box_score_thresh: detections on both images
+    assert isinstance(dets, list) and {d["image_id"] for d in dets} == {1, 2}
+    assert all(d["category_id"] in {3, 17, 90} and len(d["bbox"]) == 4 for d in dets)
     assert run_cli("--weights", weights, "--source", folder, "--out", out, "--proposals") == 0
     props = json.loads((out / "proposals.json").read_text())
     assert props and all(p["category_id"] == 1 for p in props)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 
 from sniper.config import InferConfig
 from sniper.ops.merge import MERGES, NMSMerge, SoftNMSMerge, build_merge
@@ -118,7 +119,7 @@ def test_max_detections_is_top_of_full_result(max_det):
     np.testing.assert_array_equal(keep, full_keep[:max_det])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=min(60, settings.default.max_examples), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(0, 80),
@@ -250,11 +251,71 @@ def test_bad_inputs():
         soft_nms(torch.tensor([[0.0, 0, float("nan"), 1]]), torch.ones(1), torch.zeros(1, dtype=torch.int64))
 
 
+class DeviceWatch(TorchFunctionMode):
+    """Notes every torch call that could put data on another device than the inputs': copies to
+    the host (``.cpu()``, ``.to("cpu")``, ``.numpy()``, ``.tolist()``) and new tensors made
+    without ``device=`` (they land on the default device, the CPU). On a CPU-only machine these are
+    invisible in the outputs' ``.device``; on a GPU they are transfers, or device-mismatch errors."""
+
+    FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.arange, torch.tensor,
+                 torch.as_tensor, torch.linspace, torch.eye, torch.rand, torch.randn, torch.randint}  # fmt: skip
+    HOST = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", repr(func))
+        if func in self.HOST:
+            self.moves.append(name)
+        elif func is torch.Tensor.to and any(isinstance(a, (str, torch.device)) for a in (*args[1:], kwargs.get("device"))):
+            self.moves.append(f"to({args[1:]}, {kwargs})")
+        elif (
+            func in self.FACTORIES
+            and kwargs.get("device") is None
+            and not (args and torch.is_tensor(args[0]))
+            and torch.is_tensor(out)
+            and out.dim() > 0
+        ):
+            self.moves.append(f"{name} without device=")
+        return out
+
+
 def test_keeps_device_and_dtypes():
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11]], dtype=torch.float16)
     keep, new = soft_nms(boxes, torch.tensor([0.5, 0.4], dtype=torch.float16), torch.tensor([1, 1]))
     assert new.dtype == torch.float16 and keep.dtype == torch.int64
-    assert keep.device == boxes.device
+    # Nothing leaves the inputs' device, on every path (picks, empty results, max_detections)
+    rng = np.random.default_rng(4)
+    b, s, lab = (torch.as_tensor(x) for x in random_detections(rng, 150, num_classes=3))
+    cases = [
+        dict(),
+        dict(method="linear", max_detections=10),
+        dict(score_threshold=2.0),  # nothing above the threshold
+        dict(max_detections=0),
+    ]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        inputs = b.to(device), s.float().to(device), lab.to(device)
+        for kw in cases:
+            watch = DeviceWatch()
+            with watch:
+                keep, new = soft_nms(*inputs, **kw)
+            assert watch.moves == [], (kw, watch.moves)
+            assert keep.device.type == new.device.type == device, kw
+            assert keep.dtype == torch.int64 and new.dtype == torch.float32
+    # no input data at all: the empty result is made on the inputs' device (meta), with their dtype
+    for dtype in (torch.float16, torch.float64):
+        keep, new = soft_nms(
+            torch.empty(0, 4, device="meta", dtype=dtype),
+            torch.empty(0, device="meta", dtype=dtype),
+            torch.empty(0, device="meta", dtype=torch.int64),
+        )
+        assert keep.device.type == new.device.type == "meta"
+        assert keep.dtype == torch.int64 and new.dtype == dtype and keep.shape == new.shape == (0,)
 
 
 # ----------------------------------------------------------------- merge strategies
@@ -292,10 +353,13 @@ def test_softnms_merge_output():
     assert set(out) == {"boxes", "scores", "labels"}
     assert out["boxes"].shape == (30, 4) and out["scores"].shape == (30,) and out["labels"].shape == (30,)
     assert torch.all(out["scores"][:-1] >= out["scores"][1:])
-    keep, new = soft_nms(dets["boxes"], dets["scores"], dets["labels"], max_detections=30)
+    # the textbook reference, with the merge's defaults (gaussian, sigma 0.55, score >= 0.001)
+    keep, new = reference_soft_nms(
+        dets["boxes"].double(), dets["scores"].double(), dets["labels"], sigma=0.55, max_detections=30
+    )
     assert torch.equal(out["boxes"], dets["boxes"][keep])
     assert torch.equal(out["labels"], dets["labels"][keep])
-    assert torch.allclose(out["scores"], new)
+    np.testing.assert_allclose(out["scores"].numpy(), new, rtol=0, atol=1e-5)
 
 
 def test_nms_merge_matches_torchvision():
@@ -332,3 +396,29 @@ def test_loop_stops_early():
     assert iters == int(torch.bincount(lab).max())  # all classes in parallel
     keep, _, iters = _soft_nms_loop(b, s, lab, *args, 10)
     assert iters == 10 and len(keep) == 10
+
+
+# ----------------------------------------------------------------- input rules, by hand
+
+
+def test_input_errors_name_the_problem():
+    lab = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"boxes must have shape \[N, 4\], got \(3, 5\)"):
+        soft_nms(torch.zeros(3, 5), torch.zeros(3), lab)
+    with pytest.raises(ValueError, match=r"must have shape \[3\], got \(2,\) and \(3,\)"):
+        soft_nms(torch.zeros(3, 4), torch.zeros(2), lab)
+    with pytest.raises(ValueError, match=r"must be finite \(found NaN or inf\)"):
+        soft_nms(torch.zeros(3, 4), torch.tensor([0.5, float("inf"), 0.1]), lab)
+    with pytest.raises(ValueError, match="sigma must be > 0, got 0.0"):
+        soft_nms(torch.zeros(3, 4), torch.ones(3), lab, sigma=0.0)
+    # sigma only matters for the gaussian method
+    keep, new = soft_nms(torch.zeros(3, 4), torch.ones(3), lab, method="linear", sigma=0.0)
+    assert keep.tolist() == [0, 1, 2]
+
+
+def test_integer_scores_give_float_scores_and_the_threshold_is_inclusive():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+    keep, new = soft_nms(boxes, torch.tensor([2, 1]), torch.tensor([0, 0]), score_threshold=1.0)
+    assert keep.tolist() == [0, 1] and new.dtype == torch.float32 and new.tolist() == [2.0, 1.0]
+    keep, new = soft_nms(boxes, torch.tensor([0.5, 0.25]), torch.tensor([0, 0]), score_threshold=0.25)
+    assert keep.tolist() == [0, 1] and new.tolist() == [0.5, 0.25]  # 0.25 >= 0.25: kept

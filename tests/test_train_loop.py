@@ -1,7 +1,10 @@
 """The stage loop on a toy model: learning, exact resume, checkpoints, logs, schedules."""
 
+import csv
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,14 +16,15 @@ from sniper.engine.train import StageSpec, build_lr_lambda, latest_checkpoint, t
 class ToyDetector(nn.Module):
     """Stands in for the detector: a conv + BN net with a loss dict, using torch's RNG in forward."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.drop = nn.Dropout(dropout)  # with dropout > 0 torch's RNG reaches the gradients
         self.head = nn.Linear(4, 1)
         self.rpn_only = False
 
     def forward(self, images, targets):
-        feats = self.body(images).mean(dim=(2, 3))
+        feats = self.drop(self.body(images).mean(dim=(2, 3)))
         pred = self.head(feats).squeeze(1)
         goal = torch.stack([t["goal"] for t in targets])
         noise = torch.rand(()) * 1e-3  # consumes RNG like the samplers do
@@ -28,11 +32,15 @@ class ToyDetector(nn.Module):
 
 
 class ToySource:
-    def __init__(self, n=24, batch=4, seed=0):
+    """``augment``: random augmentation drawn from the global torch, numpy and Python RNGs (as
+    third-party transforms do), so that every one of them reaches the gradients."""
+
+    def __init__(self, n=24, batch=4, seed=0, augment=False):
         g = torch.Generator().manual_seed(seed)
         self.images = torch.rand(n, 3, 8, 8, generator=g)
         self.goals = self.images.mean(dim=(1, 2, 3)) * 4
         self.batch = batch
+        self.augment = augment
 
     def batches_per_epoch(self):
         return len(self.images) // self.batch
@@ -41,7 +49,13 @@ class ToySource:
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(1000 + epoch))
         for b in range(start, self.batches_per_epoch()):
             idx = order[b * self.batch : (b + 1) * self.batch]
-            yield self.images[idx], [{"goal": self.goals[i]} for i in idx]
+            images = self.images[idx]
+            if self.augment:
+                images = images + 0.1 * torch.randn_like(images)
+                images = images * float(np.random.uniform(0.8, 1.2))  # noqa: NPY002 - the global RNG on purpose
+                if random.random() < 0.5:
+                    images = images.flip(-1)
+            yield images, [{"goal": self.goals[i]} for i in idx]
 
 
 def _cfg(**kw):
@@ -67,18 +81,63 @@ def test_loss_falls(tmp_path):
     assert last < 0.5 * first
 
 
-def test_resume_is_exact(tmp_path):
-    straight, _ = _run(tmp_path / "a")
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "b", interrupt_after=10)  # killed after a checkpoint at 10
-    # a fresh process would start from a different RNG state: make sure it is restored
-    torch.manual_seed(12345)
-    resumed, res = _run(tmp_path / "b", resume=True, seed=999)
+def _rows(path, drop=("chips_per_s",)):
+    """The logged rows without the timing columns (the only ones a resume may change)."""
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def _run_random(run_dir, resume=False, interrupt_after=None, seed=0):
+    """Dropout in the model, global-RNG augmentation in the source; checkpoints every 3
+    iterations, logs every 2, 6 iterations an epoch, 24 in all."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+    model = ToyDetector(dropout=0.5)
+    cfg = _cfg(checkpoint_every=3, log_every=2)
+    spec = StageSpec("toy", epochs=cfg.epochs, lr=cfg.lr)
+    res = train_stage(model, ToySource(augment=True), spec, cfg, run_dir, device=torch.device("cpu"), resume=resume,
+                      interrupt_after=interrupt_after)  # fmt: skip
+    return model, res
+
+
+@pytest.mark.parametrize(
+    "interrupts",
+    [
+        [4],  # mid-epoch 0, one iteration past the checkpoint at 3, inside a log window
+        [5, 5, 7],  # killed at 5, 8 and 13: each resume redoes iterations (from 3, 6, 12)
+    ],
+)
+def test_resume_between_checkpoints_is_exact(tmp_path, interrupts):
+    straight, res_a = _run_random(tmp_path / "a")
+    assert res_a.iterations == 24
+    b = tmp_path / "b"
+    # the same run as "a", killed; each resume is a fresh process with another RNG state (torch,
+    # numpy, Python): the checkpoint's must be restored
+    for n, k in enumerate(interrupts):
+        with pytest.raises(KeyboardInterrupt):
+            _run_random(b, resume=n > 0, interrupt_after=k, seed=0 if n == 0 else 100 + n)
+    resumed, res = _run_random(b, resume=True, seed=999)
     assert res.iterations == 24
-    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
-    rows = [json.loads(x) for x in (tmp_path / "b" / "logs" / "toy.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in rows] == sorted({r["iter"] for r in rows}), "no duplicated log rows after resume"
+    for (k, x), y in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(x, y), f"{k} differs after resume"
+    for log in ("toy.jsonl", "toy.csv"):
+        rows_a, rows_b = _rows(tmp_path / "a" / "logs" / log), _rows(b / "logs" / log)
+        assert [r["iter"] for r in rows_b] == [r["iter"] for r in rows_a], f"{log}: other rows after resume"
+        for ra, rb in zip(rows_a, rows_b, strict=True):
+            assert ra == rb, f"{log}: row {ra['iter']} differs after resume"
+
+
+def test_randomness_reaches_the_gradients(tmp_path):
+    """Guards the resume test above: were the runs' randomness without effect on the weights, a
+    resume that forgets the RNG state would still pass it."""
+    a, _ = _run_random(tmp_path / "a", seed=0)
+    b, _ = _run_random(tmp_path / "b", seed=1)
+    assert not torch.equal(a.head.weight, b.head.weight)
 
 
 def test_checkpoints_rotate_and_plots_written(tmp_path):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from sniper import __version__
 from sniper.errors import SniperError
-from sniper.runtime import tune_malloc
+from sniper.runtime import configure_threads, tune_malloc
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,6 +45,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First, before any command module can import torch: thread counts for the cores this
+    # process may use and a passive OpenMP wait, so two jobs on one machine do not spin against
+    # each other (docs/performance.md; SNIPER_THREADS=N|off overrides).
+    configure_threads()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)

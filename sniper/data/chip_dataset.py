@@ -314,6 +314,10 @@ class ChipBatchSource:
             collate_fn=collate_chips,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
+            # Its own generator, reseeded per epoch in `iterate`: each `iter(loader)` draws a
+            # worker base seed, and drawing it from the global torch RNG would shift every later
+            # draw of a run resumed mid-epoch (its RNG state comes from the checkpoint).
+            generator=torch.Generator(),
         )
         self._per_epoch = len(sampler.epoch_batches(0, 0))
         # file -> reason: images that failed to decode mid-run under on_bad_image=skip (all workers)
@@ -325,6 +329,7 @@ class ChipBatchSource:
     def iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, list[Target]]]:
         # Batches before `start` are full, so `start` batches = start * batch_size items.
         self.sampler.set_epoch(epoch, start * self.sampler.batch_size)
+        self.loader.generator.manual_seed(self.sampler.seed * 1_000_003 + epoch)
         for images, targets in self.loader:
             for t in targets:
                 if "bad_image" in t:

@@ -310,4 +310,7 @@ class FullImageBatchSource:
             num_workers=self.num_workers,
             collate_fn=_Collate(self.size_divisible),
             pin_memory=self.pin_memory,
+            # its own generator: iterating must not draw from the global torch RNG, whose
+            # state a resumed run restores from the checkpoint (it would shift every later draw)
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
         )

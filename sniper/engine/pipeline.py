@@ -271,6 +271,11 @@ def _train(
     )
 
 
+def _sync_info(result) -> dict:
+    """Under DDP, the stage's cross-rank weight check for stages.json (see train._check_replicas)."""
+    return {"ddp_sync": result.ddp_sync} if result.ddp_sync is not None else {}
+
+
 def run_pipeline(
     cfg: Config,
     annotations: Path,
@@ -342,7 +347,7 @@ def run_pipeline(
             )
             if dist_info.is_main:
                 save_model_final(rpn_path, model, cfg, categories)
-            return {"model": rpn_path.name, "bad_images_in_training": result.bad_images}
+            return {"model": rpn_path.name, "bad_images_in_training": result.bad_images, **_sync_info(result)}
 
         def propose() -> dict:
             from sniper.engine.predict import predict_proposals
@@ -388,6 +393,7 @@ def run_pipeline(
                 "chips": result.chips,
                 "stopped_early": result.stopped_early,
                 "bad_images_in_training": result.bad_images,
+                **_sync_info(result),
                 **stats,
             }
 

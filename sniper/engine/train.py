@@ -64,6 +64,8 @@ class StageResult:
     # file -> reason: images that failed to decode during this stage and were skipped
     # (data.on_bad_image=skip), over all ranks
     bad_images: dict[str, str] = field(default_factory=dict)
+    # under DDP: {"ranks", "in_sync", "parameters", "checksums" (one per rank)}, see _check_replicas
+    ddp_sync: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- optimisation
@@ -308,6 +310,7 @@ def train_stage(
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     it = 0
+    resumed_window: dict[str, Any] = {}
     if resume:
         ckpt = latest_checkpoint(run_dir, spec.name)
         if ckpt is not None:
@@ -318,6 +321,7 @@ def train_stage(
             scaler.load_state_dict(state["scaler"])
             it = int(state["iteration"])
             _set_rng_state(state["rng"])
+            resumed_window = state.get("log_window") or {}
             if dist_info.is_main:
                 print(f"[{spec.name}] resumed from {ckpt.name} at iteration {it}")
 
@@ -325,9 +329,12 @@ def train_stage(
     if resume:
         log.truncate_after(it)
 
-    def checkpoint() -> None:
+    def checkpoint(window_sums: dict[str, float] | None = None) -> None:
         if not dist_info.is_main:
             return
+        # The log window not logged yet (``window_sums``: averaged over ranks), so that a resumed
+        # run logs the same rows as an uninterrupted one.
+        sums = dict(window if window_sums is None else window_sums)
         state = {
             "stage": spec.name,
             "iteration": it,
@@ -336,6 +343,7 @@ def train_stage(
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "rng": _rng_state(),
+            "log_window": {"n": window_n, "chips": window_chips, "sums": sums},
         }
         save_checkpoint(ckpt_dir / f"{spec.name}_it{it:08d}.pt", state)
         for old in _checkpoints(ckpt_dir, spec.name)[: -max(1, cfg.keep_checkpoints)]:
@@ -347,10 +355,10 @@ def train_stage(
     chips_seen = 0
     done_this_call = 0
     history: list[dict[str, float]] = []
-    window: dict[str, float] = {}
-    window_n = 0
+    window: dict[str, float] = {k: float(v) for k, v in resumed_window.get("sums", {}).items()}
+    window_n = int(resumed_window.get("n", 0))
     window_t = time.perf_counter()
-    window_chips = 0
+    window_chips = int(resumed_window.get("chips", 0))
     skipped_nonfinite = 0
     stopped_early = False
 
@@ -406,7 +414,7 @@ def train_stage(
                     window, window_n, window_chips, window_t = {}, 0, 0, time.perf_counter()
 
                 if last_of_epoch or (cfg.checkpoint_every and it % cfg.checkpoint_every == 0):
-                    checkpoint()
+                    checkpoint(all_reduce_mean(window, dist_info, device))  # every rank: a collective
                 if interrupt_after is not None and done_this_call >= interrupt_after:
                     raise KeyboardInterrupt
                 if time.perf_counter() > budget_end:
@@ -437,6 +445,7 @@ def train_stage(
         print(f"[{spec.name}] {len(bad_images)} image(s) failed to decode and were skipped (data.on_bad_image=skip):")
         for f, reason in list(bad_images.items())[:10]:
             print(f"  {f}: {reason}")
+    ddp_sync = _check_replicas(core, dist_info, device, spec.name) if dist_info.enabled else None
     if dist_info.is_main:
         plot_losses(log.jsonl, run_dir / "plots" / f"{spec.name}_loss.png", f"stage {spec.name}")
     return StageResult(
@@ -447,6 +456,7 @@ def train_stage(
         history=history,
         stopped_early=stopped_early,
         bad_images=bad_images,
+        ddp_sync=ddp_sync,
     )
 
 
@@ -462,3 +472,34 @@ def _gather_bad_images(local: dict[str, str], dist_info: DistInfo) -> dict[str, 
     for part in parts:
         merged.update(part or {})
     return merged
+
+
+def _check_replicas(model: nn.Module, dist_info: DistInfo, device: torch.device, stage: str) -> dict[str, Any]:
+    """Under DDP every rank must end a stage with the same weights (rank 0's start, averaged
+    gradients). All ranks compare one float64 sum per parameter; a divergence (a step without
+    gradient sync, a rank-local update) is a SniperError naming the first differing parameter, on
+    every rank. Buffers are not compared: DDP broadcasts rank 0's at each forward, so BN running
+    statistics legitimately differ after the last one (only rank 0's are saved)."""
+    import torch.distributed as dist
+
+    names = [name for name, _ in model.named_parameters()]
+    local = torch.zeros(len(names), dtype=torch.float64)
+    if names:
+        local = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    local = local.to(device)
+    parts = [torch.empty_like(local) for _ in range(dist_info.world_size)]
+    dist.all_gather(parts, local)
+    sums = torch.stack(parts).cpu()  # [ranks, parameters]
+    same = (sums == sums[0]) | (sums.isnan() & sums[0].isnan())
+    if not bool(same.all()):
+        i = int((~same).any(dim=0).nonzero()[0])
+        raise SniperError(
+            f"stage '{stage}': the weights of the {dist_info.world_size} ranks diverged under DDP; first differing "
+            f"parameter: {names[i]} (sums per rank: {sums[:, i].tolist()})"
+        )
+    return {
+        "ranks": dist_info.world_size,
+        "in_sync": True,
+        "parameters": len(names),
+        "checksums": [float(s) for s in sums.sum(dim=1)],
+    }

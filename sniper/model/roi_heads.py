@@ -124,10 +124,11 @@ class SniperRoIHeads(RoIHeads):
 
     @staticmethod
     def in_valid_range(boxes: Tensor, valid_range: Tensor) -> Tensor:
-        """Bool mask: lo <= sqrt(w*h) <= hi (chip px; hi may be inf)."""
+        """Bool mask: lo <= sqrt(w*h) < hi (chip px; hi may be inf): half-open, as ``Scale`` and the
+        chip engine, so a box exactly at a boundary belongs to one scale only."""
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
         size = (wh[:, 0] * wh[:, 1]).sqrt()
-        return (size >= valid_range[0]) & (size <= valid_range[1])
+        return (size >= valid_range[0]) & (size < valid_range[1])
 
     def filter_proposals(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> list[Tensor]:
         """Drop out-of-range proposals, then keep the best ``proposals_per_image`` (they come sorted)."""
