@@ -3,9 +3,9 @@ and a rerun continues instead of starting over."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
+
+import pytest
 
 from sniper.cli import main
 
