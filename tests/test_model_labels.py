@@ -555,3 +555,15 @@ def test_anchor_generator_stays_fp32_and_on_the_features_device():
     images = ImageList(torch.zeros(1, 3, 64, 64, device="meta"), [(64, 64)])
     (anchors,) = gen(images, [torch.zeros(1, 4, 8, 8, device="meta", dtype=torch.bfloat16)])
     assert anchors.device.type == "meta" and anchors.dtype == torch.float32 and anchors.shape == (64, 4)
+
+
+def test_head_forward_applies_nms_and_top_k_unless_raw():
+    torch.manual_seed(0)
+    heads = make_heads().eval()
+    heads.score_thresh, heads.detections_per_img = 0.0, 1
+    feats = {"0": torch.randn(1, 4, 16, 16)}
+    proposals = [T([[0.0, 0, 10, 6], [20, 20, 30, 30], [0, 0, 10, 10]])]
+    dets, _ = heads(feats, proposals, [(32, 32)])
+    assert len(dets[0]["scores"]) == 1  # top 1 after NMS
+    raw, _ = heads(feats, proposals, [(32, 32)], raw_detections=True)
+    assert len(raw[0]["scores"]) == 6

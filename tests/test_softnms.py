@@ -422,3 +422,12 @@ def test_integer_scores_give_float_scores_and_the_threshold_is_inclusive():
     assert keep.tolist() == [0, 1] and new.dtype == torch.float32 and new.tolist() == [2.0, 1.0]
     keep, new = soft_nms(boxes, torch.tensor([0.5, 0.25]), torch.tensor([0, 0]), score_threshold=0.25)
     assert keep.tolist() == [0, 1] and new.tolist() == [0.5, 0.25]  # 0.25 >= 0.25: kept
+
+
+def test_exact_ties_come_out_by_lower_index_even_when_many():
+    # 3000 one-box classes, all scoring 0.5: one iteration, then a sort of 3000 exact ties
+    n = 3000
+    boxes = torch.tensor([[0.0, 0, 10, 10]]).repeat(n, 1)
+    labels = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    keep, new = soft_nms(boxes, torch.full((n,), 0.5), labels)
+    assert keep.tolist() == list(range(n)) and (new == 0.5).all()
