@@ -162,6 +162,9 @@ class TrainConfig:
     deterministic: bool = False
     max_iters: int | None = None  # stop a stage early (tests, time budgets)
     time_budget_s: float | None = None
+    # DDP: how long a collective may wait for the other ranks before the job fails (instead of
+    # NCCL's 10-minute default killing a long rank-0-only stage, or a hang lasting forever)
+    dist_timeout_s: float = 7200.0
 
 
 @dataclass

@@ -10,7 +10,16 @@ import torch.distributed as dist
 
 from sniper.errors import SniperError
 
-__all__ = ["DistInfo", "all_reduce_mean", "barrier", "broadcast_object", "cleanup", "init_distributed", "pick_device"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_mean",
+    "any_rank",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "init_distributed",
+    "pick_device",
+]
 
 
 @dataclass(frozen=True)
@@ -43,8 +52,9 @@ def pick_device(name: str | None = None, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device_name: str | None = None) -> tuple[DistInfo, torch.device]:
-    """Read torchrun's environment; start a process group (NCCL on GPU, gloo on CPU) if world > 1."""
+def init_distributed(device_name: str | None = None, timeout_s: float = 7200.0) -> tuple[DistInfo, torch.device]:
+    """Read torchrun's environment; start a process group (NCCL on GPU, gloo on CPU) if world > 1,
+    whose collectives fail after ``timeout_s`` seconds of waiting (``train.dist_timeout_s``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -53,7 +63,11 @@ def init_distributed(device_name: str | None = None) -> tuple[DistInfo, torch.de
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        from datetime import timedelta
+
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=float(timeout_s))
+        )
     return info, device
 
 
@@ -69,6 +83,18 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """``flag`` of any rank, on every rank (one small all-reduce; every rank must call it).
+
+    A rank that decides alone to skip a step or to stop leaves the others waiting forever in the
+    next gradient all-reduce; decisions taken through this are taken by all ranks together."""
+    if not (info.enabled and dist.is_initialized()):
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:

@@ -297,7 +297,7 @@ def run_pipeline(
     from sniper.engine.checkpoint import load_checkpoint, load_model_for_inference, save_model_final
 
     run_dir = Path(run_dir)
-    dist_info, dev = init_distributed(device)
+    dist_info, dev = init_distributed(device, timeout_s=cfg.train.dist_timeout_s)
     try:
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=dist_info.is_main)
         barrier(dist_info)

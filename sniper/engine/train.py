@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from sniper.config import TrainConfig
 from sniper.engine.checkpoint import load_checkpoint, save_checkpoint
-from sniper.engine.distributed import DistInfo, all_reduce_mean
+from sniper.engine.distributed import DistInfo, all_reduce_mean, any_rank
 from sniper.errors import BadImageError, SniperError
 from sniper.io import remove_stale_temps
 from sniper.viz.plots import plot_losses
@@ -377,9 +377,15 @@ def train_stage(
                 with _autocast(device, cfg.amp):
                     losses = net(images, targets) if sizes is None else net(images, targets, image_sizes=sizes)
                 loss = sum(losses.values())
-                if not torch.isfinite(loss):
+                # Under DDP every rank skips when any rank's loss is not finite: a rank skipping
+                # alone would leave the others waiting in the gradient all-reduce.
+                if any_rank(not bool(torch.isfinite(loss)), dist_info, device):
                     # A non-finite loss would poison the weights; skip the step, but never silently.
                     skipped_nonfinite += 1
+                    if ddp_model is not None:
+                        # DDP expects a backward after each forward (its reducer stays in step);
+                        # these gradients are discarded below, whatever they hold.
+                        (loss * 0.0).backward()
                     optimizer.zero_grad(set_to_none=True)
                     if skipped_nonfinite > 10:
                         raise SniperError(
@@ -417,7 +423,9 @@ def train_stage(
                     checkpoint(all_reduce_mean(window, dist_info, device))  # every rank: a collective
                 if interrupt_after is not None and done_this_call >= interrupt_after:
                     raise KeyboardInterrupt
-                if time.perf_counter() > budget_end:
+                # the budget ends the stage on every rank at the same step (a rank stopping alone
+                # would leave the others in the next all-reduce); decided together, per step
+                if cfg.time_budget_s and any_rank(time.perf_counter() > budget_end, dist_info, device):
                     stopped_early = True
                     break
                 if it >= total_iters or last_of_epoch:
