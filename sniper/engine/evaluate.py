@@ -319,7 +319,7 @@ def _run_pycocotools(gt, results, *, use_cats, max_dets, area_ranges) -> _Accumu
 # quadratic in Python), identically to pycocotools. Its C++ accumulate() computes precision
 # as tp / (tp + fp), where pycocotools has tp / (tp + fp + eps): values differ in the last bit
 # (1.0 vs 0.9999999999999998), and so would AP. So only its per-image matching is used here,
-# and the accumulation below repeats pycocotools' accumulate() exactly, in numpy.
+# and pycocotools' own accumulate() runs on those results.
 
 
 def _quiet(*_args: Any, **_kwargs: Any) -> None:
@@ -327,17 +327,15 @@ def _quiet(*_args: Any, **_kwargs: Any) -> None:
 
 
 def _with_integer_ids(
-    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *, use_cats: bool
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any], dict[int, list[int]]]:
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any]]:
     """``gt`` and ``results`` with image and category ids replaced by their rank.
 
     faster-coco-eval needs integer ids (it casts image ids with ``int()`` and keys its C++
     tables by int64), COCO allows any. Ranks keep the sorted order COCOeval evaluates in,
     which breaks score ties, so results are unchanged. GT annotation ids become 1..N except
     0 stays 0: pycocotools stores the matched GT id and reads 0 as "not matched".
-    Also returns the category ids in rank order and, per category rank (0 for all of them
-    without categories), the image ranks holding any GT or result: only those have
-    per-image results to accumulate.
+    Also returns the category ids in rank order.
     """
     img_rank = {v: r for r, v in enumerate(sorted(img["id"] for img in gt["images"]))}
     cat_ids = sorted(c["id"] for c in gt["categories"])
@@ -362,21 +360,18 @@ def _with_integer_ids(
         }
         for d in results
     ]
-    cells: dict[int, set[int]] = {}
-    for rec in (*anns, *dets):
-        cells.setdefault(rec["category_id"] if use_cats else 0, set()).add(rec["image_id"])
     dataset = {
         "images": [{"id": r} for r in range(len(img_rank))],
         "annotations": anns,
         "categories": [{"id": r} for r in range(len(cat_ids))],
     }
-    return dataset, dets, cat_ids, {k: sorted(v) for k, v in cells.items()}
+    return dataset, dets, cat_ids
 
 
 def _run_faster_coco_eval(gt, results, *, use_cats, max_dets, area_ranges) -> _Accumulated:
     from faster_coco_eval import COCO, COCOeval_faster
 
-    dataset, dets, cat_ids, cells = _with_integer_ids(gt, results, use_cats=use_cats)
+    dataset, dets, cat_ids = _with_integer_ids(gt, results)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # pycocotools gives annotation id 0 the same (odd) meaning without a word; keep it quiet
         warnings.filterwarnings("ignore", message="Found annotation id 0")
@@ -392,13 +387,11 @@ def _run_faster_coco_eval(gt, results, *, use_cats, max_dets, area_ranges) -> _A
             f"faster-coco-eval {_version('faster_coco_eval')}: unexpected per-image results; "
             "use --backend pycocotools, or install faster-coco-eval>=1.6"
         )
-    precision, recall = _accumulate(
-        evals, cells, shape=shape, max_dets=p.maxDets, iou_thrs=p.iouThrs, rec_thrs=p.recThrs
-    )
+    acc = _accumulate(evals, p, num_cats=len(cat_ids), use_cats=use_cats)
     return _Accumulated(
         backend="faster-coco-eval",
-        precision=precision,
-        recall=recall,
+        precision=acc.eval["precision"],
+        recall=acc.eval["recall"],
         iou_thrs=p.iouThrs,
         area_labels=list(p.areaRngLbl),
         max_dets=list(p.maxDets),
@@ -413,90 +406,43 @@ def _version(dist: str) -> str:
         return "(unknown version)"
 
 
-def _accumulate(
-    evals: Sequence[Any],
-    cells: Mapping[int, Sequence[int]],
-    *,
-    shape: tuple[int, int, int],
-    max_dets: Sequence[int],
-    iou_thrs: np.ndarray,
-    rec_thrs: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """pycocotools' ``COCOeval.accumulate()`` on faster-coco-eval's per-image results.
+def _accumulate(evals: Sequence[Any], params: Any, *, num_cats: int, use_cats: bool) -> Any:
+    """pycocotools' own ``COCOeval.accumulate()`` on faster-coco-eval's per-image results.
 
-    ``evals[(k * A + a) * I + i]`` holds image ``i``, category ``k``, area range ``a`` (the
-    layout of pycocotools' ``evalImgs``); ``shape`` is (K, A, I). Returns precision
-    [T, R, K, A, M] and recall [T, K, A, M].
-    """
-    num_cats, num_areas, num_images = shape
-    T, R, M = len(iou_thrs), len(rec_thrs), len(max_dets)
-    precision = -np.ones((T, R, num_cats, num_areas, M))
-    recall = -np.ones((T, num_cats, num_areas, M))
-    for k in range(num_cats):
-        images = cells.get(k, ())
-        for a in range(num_areas):
-            base = (k * num_areas + a) * num_images
-            scores, rank, matched, ignored, num_gt = _gather([evals[base + i] for i in images], T)
-            if num_gt == 0:  # pycocotools leaves -1: undefined
-                continue
-            for m, max_det in enumerate(max_dets):
-                keep = rank < max_det  # each image's best max_det results
-                precision[:, :, k, a, m], recall[:, k, a, m] = _precision_recall(
-                    scores[keep], matched[:, keep], ignored[:, keep], num_gt, rec_thrs
-                )
-    return precision, recall
+    ``evals[(k * A + a) * I + i]`` holds image ``i``, category ``k``, area range ``a``: the layout
+    of pycocotools' ``evalImgs``, which they are converted to. Returns the accumulated COCOeval."""
+    from pycocotools.cocoeval import COCOeval
+
+    T = len(params.iouThrs)
+    ev = COCOeval(iouType="bbox")
+    p = ev.params
+    p.imgIds = list(range(len(params.imgIds)))  # the ranks of _with_integer_ids
+    p.catIds = list(range(num_cats))
+    p.useCats = int(use_cats)
+    p.iouThrs, p.recThrs = np.asarray(params.iouThrs), np.asarray(params.recThrs)
+    p.maxDets = list(params.maxDets)
+    p.areaRng, p.areaRngLbl = [list(r) for r in params.areaRng], list(params.areaRngLbl)
+    ev._paramsEval = copy.deepcopy(p)
+    ev.evalImgs = [_as_eval_img(e, T) for e in evals]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.accumulate()
+    return ev
 
 
-def _gather(image_evals: Sequence[Any], T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """One (category, area range)'s per-image results, concatenated in image order as in
-    pycocotools: result scores, each result's rank in its image, matched GT id [T, N] (0: none),
-    ignore flags [T, N], and the number of GT boxes not ignored."""
-    scores, rank, matched, ignored = [], [], [], []
-    num_gt = 0
-    for e in image_evals:
-        # (detection_matches, gt_matches, detection_scores, gt_ignores, detection_ignores, ...):
-        # the C++ ImageEvaluation's pickled state, the one way to read it from Python
-        det_matches, _, det_scores, gt_ignores, det_ignores = e.__getstate__()[:5]
-        num_gt += len(gt_ignores) - sum(gt_ignores)
-        n = len(det_scores)
-        if n:
-            scores.append(np.asarray(det_scores, dtype=np.float64))
-            rank.append(np.arange(n))
-            matched.append(np.asarray(det_matches, dtype=np.int64).reshape(T, n))
-            ignored.append(np.asarray(det_ignores, dtype=bool).reshape(T, n))
-    if not scores:
-        return np.zeros(0), np.zeros(0, np.int64), np.zeros((T, 0), np.int64), np.zeros((T, 0), bool), num_gt
-    return (
-        np.concatenate(scores),
-        np.concatenate(rank),
-        np.concatenate(matched, axis=1),
-        np.concatenate(ignored, axis=1),
-        num_gt,
-    )
-
-
-def _precision_recall(
-    scores: np.ndarray, matched: np.ndarray, ignored: np.ndarray, num_gt: int, rec_thrs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Interpolated precision [T, R] and recall [T] of one cell, with pycocotools' arithmetic."""
-    order = np.argsort(-scores, kind="mergesort")  # stable, as pycocotools: ties keep image order
-    matched, ignored = matched[:, order], ignored[:, order]
-    tps = np.logical_and(matched, np.logical_not(ignored))
-    fps = np.logical_and(np.logical_not(matched), np.logical_not(ignored))
-    tp_sum = np.cumsum(tps, axis=1).astype(dtype=float)
-    fp_sum = np.cumsum(fps, axis=1).astype(dtype=float)
-    T, n = tp_sum.shape
-    precision = np.zeros((T, len(rec_thrs)))
-    if n == 0:
-        return precision, np.zeros(T)
-    rc = tp_sum / num_gt
-    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # best precision at this recall or more
-    for t in range(T):
-        inds = np.searchsorted(rc[t], rec_thrs, side="left")
-        hit = inds < n  # recall thresholds never reached keep precision 0
-        precision[t, hit] = pr[t, inds[hit]]
-    return precision, rc[:, -1]
+def _as_eval_img(e: Any, T: int) -> dict[str, Any] | None:
+    """One C++ ImageEvaluation as pycocotools' per-image dict (None: no GT and no result)."""
+    # (detection_matches, gt_matches, detection_scores, gt_ignores, detection_ignores, ...):
+    # the C++ ImageEvaluation's pickled state, the one way to read it from Python
+    det_matches, _, det_scores, gt_ignores, det_ignores = e.__getstate__()[:5]
+    n = len(det_scores)
+    if n == 0 and len(gt_ignores) == 0:
+        return None
+    return {
+        "dtScores": np.asarray(det_scores, dtype=np.float64),  # best first within the image
+        "dtMatches": np.asarray(det_matches, dtype=np.float64).reshape(T, n),
+        "dtIgnore": np.asarray(det_ignores, dtype=bool).reshape(T, n),
+        "gtIgnore": np.asarray(gt_ignores, dtype=bool),
+    }
 
 
 def _mean_defined(s: np.ndarray) -> float:
