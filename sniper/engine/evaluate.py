@@ -16,7 +16,7 @@ Backends (``backend=``, in the result as ``"backend"``): ``"pycocotools"`` runs 
 ``COCOeval`` itself. ``"faster-coco-eval"`` (``pip install faster-coco-eval``) computes the
 IoUs and the per-image matching in C++, pycocotools' Python loops that take minutes on an
 image with thousands of boxes; its accumulation differs from pycocotools' in the last bit of
-precision, so the accumulation is pycocotools' own, redone here in numpy: every number is
+precision, so pycocotools' own accumulate() runs on its per-image matches: every number is
 bit-for-bit that of pycocotools. ``"auto"`` (the default) takes faster-coco-eval when it is
 installed.
 
