@@ -1,6 +1,7 @@
 """Data-loading speed: chips/s of a DataLoader over ``ChipDataset`` with 0, 1 and 2 workers.
 
     .venv/bin/python benchmarks/loader.py [--batch-size 16] [--max-chips 640] [--workdir /tmp/sniper_bench_loader]
+        [--mix 1 4 8]   # data.mix_images: chips of N consecutive images shuffled together
 
 Cases (paper scales x3 / x1.667 / longest 512, K = 512, stride 32, flips on):
 
@@ -27,6 +28,7 @@ import platform
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +174,10 @@ class ProcessMonitor:
         self._thread.join()
 
 
-def measure(dataset: ChipDataset, table: ChipTable, workers: int, batch_size: int, max_chips: int) -> dict:
-    sampler = ChipBatchSampler(table, batch_size, seed=0, num_workers=workers)
+def measure(
+    dataset: ChipDataset, table: ChipTable, workers: int, batch_size: int, max_chips: int, mix: int = 1
+) -> dict:
+    sampler = ChipBatchSampler(table, batch_size, seed=0, num_workers=workers, mix_images=mix)
     source = ChipBatchSource(dataset, sampler, num_workers=workers)
     n = first = 0
     t_first = None
@@ -196,6 +200,7 @@ def measure(dataset: ChipDataset, table: ChipTable, workers: int, batch_size: in
     del source
     return {
         "workers": workers,
+        "mix_images": mix,
         "chips": n + first,
         "chips_per_s": n / max(end - t_first, 1e-9),
         "cpu_ms_per_chip": 1e3 * (cpu - cpu_first) / max(n, 1),  # main + workers, after the first batch
@@ -214,6 +219,9 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/sniper_bench_loader")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cases", nargs="+", default=["synthetic", "large"])
+    ap.add_argument(
+        "--mix", type=int, nargs="+", default=[1], help="data.mix_images values (chips of N images shuffled together)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     workdir = Path(args.workdir)
@@ -231,25 +239,26 @@ def main() -> int:
         ann, images = synthetic_data(workdir) if case == "synthetic" else large_data(workdir)
         coco = load_coco(ann)
         table = chip_table(coco, cfg)
-        ds = ChipDataset.from_config(coco, table, images, cfg)
         info = {
             "images": len(coco),
             "chips": len(table),
             "chips_per_image": len(table) / max(1, len(coco)),
             "runs": [],
         }
-        for w in args.workers:
-            r = measure(ds, table, w, args.batch_size, args.max_chips)
-            info["runs"].append(r)
-            target = TARGETS[case] if w == 2 else None
-            rows.append((case, w, r, target))
-            print(f"{case:9s} workers={w}: {r['chips_per_s']:7.1f} chips/s, {r['cpu_ms_per_chip']:.1f} CPU ms/chip, peak mem {r['peak_mem_mb']:.0f} MB",
-                  file=sys.stderr)  # fmt: skip
+        for mix in args.mix:
+            ds = ChipDataset(coco, table, images, cfg.chips, replace(cfg.data, mix_images=mix))
+            for w in args.workers:
+                r = measure(ds, table, w, args.batch_size, args.max_chips, mix)
+                info["runs"].append(r)
+                target = TARGETS[case] if w == 2 else None
+                rows.append((case, w, r, target))
+                print(f"{case:9s} workers={w} mix={mix}: {r['chips_per_s']:7.1f} chips/s, {r['cpu_ms_per_chip']:.1f} CPU ms/chip, peak mem {r['peak_mem_mb']:.0f} MB",
+                      file=sys.stderr)  # fmt: skip
         results["cases"][case] = info
     results["machine"]["load_avg_end"] = os.getloadavg()
 
     head = (
-        f"{'case':10s} {'workers':>7s} {'chips':>6s} {'chips/s':>8s} {'target':>7s} {'CPU ms/chip':>11s} "
+        f"{'case':10s} {'workers':>7s} {'mix':>4s} {'chips':>6s} {'chips/s':>8s} {'target':>7s} {'CPU ms/chip':>11s} "
         f"{'first batch s':>13s} {'peak mem MB':>11s}"
     )
     print(head)
@@ -257,7 +266,7 @@ def main() -> int:
     for case, w, r, target in rows:
         t = f"{target:.0f}" if target else "-"
         ok = "" if target is None else ("  ok" if r["chips_per_s"] >= target else "  BELOW")
-        print(f"{case:10s} {w:7d} {r['chips']:6d} {r['chips_per_s']:8.1f} {t:>7s} {r['cpu_ms_per_chip']:11.1f} "
+        print(f"{case:10s} {w:7d} {r['mix_images']:4d} {r['chips']:6d} {r['chips_per_s']:8.1f} {t:>7s} {r['cpu_ms_per_chip']:11.1f} "
               f"{r['first_batch_s']:13.2f} {r['peak_mem_mb']:11.0f}{ok}")  # fmt: skip
     for case, info in results["cases"].items():
         print(

@@ -66,6 +66,9 @@ class ChipConfig:
     stride: int = 32
     # Draw a stride uniformly from [lo, hi] anew each epoch (the released code uses [56, 59]).
     random_stride: list[int] | None = None
+    # Mine the chips anew every epoch (stride, tie-break order and negative pools of
+    # (seed, epoch)), as the released code does; false: epoch 0's chips every epoch.
+    regenerate: bool = True
     scales: list[Scale] = field(default_factory=paper_train_scales)
     # Negative chips keep a window only if it holds MORE than this many proposals; one value per scale.
     neg_min_proposals: list[int] = field(default_factory=lambda: [25, 10, 10])
@@ -83,6 +86,10 @@ class DataConfig:
     num_workers: int = 2
     # Decoded images kept per DataLoader worker, bounded by count and by pixels (3 bytes each).
     image_cache_size: int = 4
+    # Chips of this many consecutive images (in the shuffled order) are shuffled together, so a
+    # batch mixes images; 1 keeps each image's chips together. The decode cache holds at least
+    # this many images.
+    mix_images: int = 1
     image_cache_pixels: int = 50_000_000
 
 
@@ -129,6 +136,16 @@ class ModelConfig:
     box_detections_per_img: int = 300
     class_agnostic_bbox_reg: bool = True
     bbox_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    # Instance masks (paper Table 3): a Mask R-CNN branch on the head's foreground RoIs; chips
+    # then carry box-local masks (targets["masks"], docs/model.md "Instance masks").
+    masks: bool = False
+    # sigmoid = per-class binary cross entropy (the paper's better one) | softmax = (C+1)-way per pixel.
+    mask_loss: str = "sigmoid"
+    mask_pool_size: int = 14  # RoIAlign side of the mask branch; predicted masks are twice that
+    # 3x3 conv widths of torchvision's MaskRCNNHeads (Mask R-CNN: four of 256).
+    mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    mask_target_size: int = 56  # side S of each GT box's box-local mask in targets["masks"]
+    mask_loss_weight: float = 1.0
 
 
 @dataclass

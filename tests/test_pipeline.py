@@ -194,8 +194,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
-    """All four stages under DDP (2 ranks, gloo, CPU): the RPN stage, the rank-0-only proposal and
-    negative stages, then the detector on positives + negatives; the ranks end both training
+    """All four stages under DDP (2 ranks, gloo, CPU): the RPN stage, proposals sharded over the
+    ranks, the rank-0-only negative stage, then the detector on positives + negatives; the ranks end both training
     stages with identical weights (checked by the library at the end of each, recorded in stages.json)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [
@@ -216,7 +216,22 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
         assert len(sync["checksums"]) == 2 and sync["checksums"][0] == sync["checksums"][1], (stage, sync)
         rows = [json.loads(x) for x in (run / "logs" / f"{stage}.jsonl").read_text().splitlines()]
         assert rows[-1]["iter"] == 2 and np.isfinite(rows[-1]["loss"])
-    assert json.loads((run / "proposals.json").read_text()), "no proposals"
+    # proposals sharded over the ranks, merged by rank 0: the same records, in the same order, as
+    # one process proposing over every image with the same RPN
+    from sniper.config import load_config
+    from sniper.data.coco import load_coco
+    from sniper.engine.checkpoint import load_model_for_inference
+    from sniper.engine.predict import predict_proposals
+
+    assert book["proposals"]["ranks"] == 2 and not list(run.glob("proposals.part*"))
+    merged = json.loads((run / "proposals.json").read_text())
+    cfg = load_config(run / "config.yaml")
+    rpn, _, _ = load_model_for_inference(run / "rpn_model.pt")
+    coco = load_coco(tiny_data / "train.json")
+    alone = predict_proposals(rpn, coco, tiny_data / "images", cfg.proposals, infer_cfg=cfg.infer, progress=False)
+    assert merged and [r["image_id"] for r in merged] == [r["image_id"] for r in alone]
+    np.testing.assert_allclose([r["bbox"] for r in merged], [r["bbox"] for r in alone], atol=1e-3)
+    assert len({r["image_id"] for r in merged}) == len(coco.images)
     assert (run / "chips.parquet").is_file() and book["negatives"]["neg_chips"] > 0, book["negatives"]
     assert (run / "rpn_model.pt").is_file() and (run / "model_final.pt").is_file()
 

@@ -104,16 +104,7 @@ class ChipDataset(Dataset):
         self.chip_cfg = chip_cfg
         self.data_cfg = data_cfg or DataConfig()
         self.bad_images = BadImagePolicy(self.data_cfg.on_bad_image, str(image_root))
-        self._image_pos = coco.index_of(chips.image_id)
-        if np.any(self._image_pos < 0):
-            bad = np.unique(chips.image_id[self._image_pos < 0])[:5].tolist()
-            raise ValueError(f"chips refer to image id(s) {bad} that are not in the annotations")
-        bad_scale = (chips.scale_index < 0) | (chips.scale_index >= len(chip_cfg.scales))
-        if np.any(bad_scale):
-            raise ValueError(
-                f"chips use scale_index {np.unique(chips.scale_index[bad_scale]).tolist()}, "
-                f"but chips.scales has {len(chip_cfg.scales)} scales (same config as `sniper chips`?)"
-            )
+        self.use_table(chips)
         # Transport mode, set by ChipBatchSource for its workers: items carry uint8 pixels (4x less
         # to copy through shared memory) and numpy targets; the main process converts the batch.
         self.uint8_pixels = False
@@ -124,6 +115,21 @@ class ChipDataset(Dataset):
         cls, coco: CocoDataset, chips: ChipTable, image_root: str | os.PathLike[str], cfg: Config
     ):
         return cls(coco, chips, image_root, cfg.chips, cfg.data)
+
+    def use_table(self, chips: ChipTable) -> None:
+        """Serve the chips of ``chips`` from now on (another epoch's table; same images)."""
+        image_pos = self.coco.index_of(chips.image_id)
+        if np.any(image_pos < 0):
+            bad = np.unique(chips.image_id[image_pos < 0])[:5].tolist()
+            raise ValueError(f"chips refer to image id(s) {bad} that are not in the annotations")
+        bad_scale = (chips.scale_index < 0) | (chips.scale_index >= len(self.chip_cfg.scales))
+        if np.any(bad_scale):
+            raise ValueError(
+                f"chips use scale_index {np.unique(chips.scale_index[bad_scale]).tolist()}, "
+                f"but chips.scales has {len(self.chip_cfg.scales)} scales (same config as `sniper chips`?)"
+            )
+        self.chips = chips
+        self._image_pos = image_pos
 
     def __len__(self) -> int:
         return len(self.chips)
@@ -136,7 +142,9 @@ class ChipDataset(Dataset):
     @property
     def cache(self) -> ImageCache:
         if self._cache is None:
-            self._cache = ImageCache(self.data_cfg.image_cache_size, self.data_cfg.image_cache_pixels)
+            # a window of mixed images (data.mix_images) must fit, or every chip decodes again
+            size = max(self.data_cfg.image_cache_size, self.data_cfg.mix_images)
+            self._cache = ImageCache(size, self.data_cfg.image_cache_pixels)
         return self._cache
 
     # ------------------------------------------------------------ pieces
@@ -285,6 +293,8 @@ class ChipBatchSource:
 
     One DataLoader with persistent workers; the batch sampler is re-planned per epoch in the main
     process (it is cheap) and lays batches out so each worker gets contiguous runs of images.
+    When the sampler's table changes with the epoch (chips mined anew, ``sampler.tables``), the
+    datasets switch to it and the workers are started afresh.
     Workers send uint8 pixels (a float chip is 3 MB; copying it through shared memory cost more
     CPU than rendering it); batches come out as float in [0, 1], identical to ``dataset[key]``.
     """
@@ -307,26 +317,41 @@ class ChipBatchSource:
         if self._uint8:
             dataset = copy.copy(dataset)
             dataset.uint8_pixels = True
-        self.loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=num_workers,
+        self._dataset = dataset
+        self._num_workers = num_workers
+        self._pin_memory = pin_memory
+        self.loader = self._make_loader()
+        self._per_epoch = len(sampler.epoch_batches(0, 0))
+        # file -> reason: images that failed to decode mid-run under on_bad_image=skip (all workers)
+        self.skipped_images: dict[str, str] = {}
+
+    def _make_loader(self) -> DataLoader:
+        return DataLoader(
+            self._dataset,
+            batch_sampler=self.sampler,
+            num_workers=self._num_workers,
             collate_fn=collate_chips,
-            pin_memory=pin_memory,
-            persistent_workers=num_workers > 0,
+            pin_memory=self._pin_memory,
+            persistent_workers=self._num_workers > 0,
             # Its own generator, reseeded per epoch in `iterate`: each `iter(loader)` draws a
             # worker base seed, and drawing it from the global torch RNG would shift every later
             # draw of a run resumed mid-epoch (its RNG state comes from the checkpoint).
             generator=torch.Generator(),
         )
-        self._per_epoch = len(sampler.epoch_batches(0, 0))
-        # file -> reason: images that failed to decode mid-run under on_bad_image=skip (all workers)
-        self.skipped_images: dict[str, str] = {}
 
     def batches_per_epoch(self) -> int:
         return self._per_epoch
 
     def iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, list[Target]]]:
+        table = self.sampler.table_for(epoch)
+        if table is not self._dataset.chips:
+            # Chips mined anew for this epoch: persistent workers hold the old table, so they
+            # are replaced (their decode caches would not outlive an epoch of other chips anyway).
+            self._dataset.use_table(table)
+            if self.dataset is not self._dataset:
+                self.dataset.use_table(table)
+            self._shutdown_workers()
+            self.loader = self._make_loader()
         # Batches before `start` are full, so `start` batches = start * batch_size items.
         self.sampler.set_epoch(epoch, start * self.sampler.batch_size)
         self.loader.generator.manual_seed(self.sampler.seed * 1_000_003 + epoch)
@@ -338,6 +363,12 @@ class ChipBatchSource:
             if self._uint8:
                 images, targets = to_unit_float(images), [targets_to_torch(t) for t in targets]
             yield images, targets
+
+    def _shutdown_workers(self) -> None:
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
 
 
 # ---------------------------------------------------------------- image checks

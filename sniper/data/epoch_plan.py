@@ -5,8 +5,14 @@ The chips themselves come as a :class:`sniper.data.chip_table.ChipTable`.
 * :func:`epoch_plan`: all positive chips plus up to ``n`` sampled negatives per image
   (``sniper.chips.sample_negatives``), grouped into *runs* (all chips of one image, finest
   scale first, so one decode serves them all), runs shuffled, reproducible from
-  ``(seed, epoch)``; split into equal contiguous shards per rank (wrapping round so DDP stays
-  in step); each chip's flip is a hash of ``(seed, epoch, chip)``, independent of the order.
+  ``(seed, epoch)``. With ``mix_images = W > 1`` the chips of every ``W`` consecutive runs are
+  shuffled together (a shuffle buffer over a window of images: a batch then mixes up to ``W``
+  images, for wider BatchNorm statistics, while a worker's decode cache of ``W`` images still
+  serves every chip of the window). ``length`` fixes the number of items of the epoch
+  (wrapping round or cutting the shuffled order): chips mined anew each epoch vary in number,
+  and the schedule, resume and DDP need a fixed epoch length. The epoch is then split into
+  equal contiguous shards per rank (wrapping round so DDP stays in step); each chip's flip is a
+  hash of ``(seed, epoch, chip)``, independent of the order.
 * :class:`ChipBatchSampler`: batches of one rank's shard, laid out so that DataLoader worker
   ``k`` (which receives batches ``k, k + W, ...``) gets one contiguous stretch of the shard;
   ``start`` skips exactly the items already consumed.
@@ -15,7 +21,7 @@ The chips themselves come as a :class:`sniper.data.chip_table.ChipTable`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -60,7 +66,7 @@ class EpochPlan:
 
     index: np.ndarray  # (T,) int64 rows of the chip table
     flip: np.ndarray  # (T,) bool
-    total: int  # distinct chips in the epoch over all ranks (before wrapping)
+    total: int  # chips in the epoch over all ranks (before the wrapping round for ranks)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -109,10 +115,14 @@ def epoch_plan(
     flip: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    mix_images: int = 1,
+    length: int | None = None,
 ) -> EpochPlan:
     """This rank's chips for ``epoch``; see the module docstring for the rules."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if mix_images < 1:
+        raise ValueError(f"mix_images must be >= 1, got {mix_images}")
     rows = np.flatnonzero(~table.is_neg)
     if negatives:
         rows = np.concatenate([rows, sampled_negatives(table, neg_per_image, seed, epoch)])
@@ -126,6 +136,13 @@ def epoch_plan(
     perm = rng.permutation(len(starts))
     if len(perm):
         rows = np.concatenate([rows[starts[p] : starts[p] + lengths[p]] for p in perm])
+    if mix_images > 1 and len(perm):
+        # Window w holds the chips of runs [w * W, (w + 1) * W) of the shuffled order.
+        cuts = np.cumsum(lengths[perm])[mix_images - 1 :: mix_images]
+        mix = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0x313C])
+        rows = np.concatenate([mix.permutation(w) for w in np.split(rows, cuts) if len(w)])
+    if length is not None and len(rows) and length != len(rows):
+        rows = np.resize(rows, int(length))
     total = len(rows)
     per_rank = math.ceil(total / world_size) if total else 0
     # Wrap round so every rank has the same number of items (DDP steps stay in sync).
@@ -182,8 +199,14 @@ class ChipBatchSampler(Sampler[list[ChipKey]]):
         world_size: int = 1,
         num_workers: int = 0,
         drop_last: bool = False,
+        mix_images: int = 1,
+        tables: Callable[[int], ChipTable] | None = None,
     ) -> None:
         self.table = table
+        # epoch -> that epoch's chip table (chips mined anew per epoch); None: `table` every epoch.
+        # Every epoch then has the length of epoch 0 (see epoch_plan's `length`).
+        self.tables = tables
+        self.mix_images = mix_images
         self.batch_size = int(batch_size)
         self.seed = seed
         self.negatives = negatives
@@ -195,6 +218,7 @@ class ChipBatchSampler(Sampler[list[ChipKey]]):
         self.drop_last = drop_last
         self.epoch = 0
         self.start = 0
+        self._length = self._plan(0, fixed=False).total if tables is not None else None
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         if start < 0:
@@ -202,16 +226,25 @@ class ChipBatchSampler(Sampler[list[ChipKey]]):
         self.epoch = int(epoch)
         self.start = int(start)
 
+    def table_for(self, epoch: int) -> ChipTable:
+        """The chip table epoch ``epoch`` samples from."""
+        return self.table if self.tables is None else self.tables(epoch)
+
     def plan(self, epoch: int | None = None) -> EpochPlan:
+        return self._plan(self.epoch if epoch is None else epoch, fixed=True)
+
+    def _plan(self, epoch: int, fixed: bool) -> EpochPlan:
         return epoch_plan(
-            self.table,
+            self.table_for(epoch),
             seed=self.seed,
-            epoch=self.epoch if epoch is None else epoch,
+            epoch=epoch,
             negatives=self.negatives,
             neg_per_image=self.neg_per_image,
             flip=self.flip,
             rank=self.rank,
             world_size=self.world_size,
+            mix_images=self.mix_images,
+            length=self._length if fixed else None,
         )
 
     def epoch_batches(self, epoch: int | None = None, start: int | None = None) -> list[list[ChipKey]]:

@@ -1,10 +1,14 @@
 """The SNIPER training pipeline (paper §3.3, §4), as restartable stages.
 
 1. ``rpn``        RPN-only training on positive chips (short schedule, no negatives).
-2. ``proposals``  that RPN over every training image at all proposal scales -> ``proposals.json``.
+2. ``proposals``  that RPN over every training image at all proposal scales -> ``proposals.json``
+                  (under DDP each rank takes every N-th image and writes its part; rank 0 merges).
 3. ``negatives``  negative chip mining from those proposals -> ``chips.parquet`` (pos + neg pool).
 4. ``detector``   full training on positive chips plus negatives resampled every epoch
                   -> ``model_final.pt``.
+
+With ``chips.regenerate`` (the default) stages 1 and 4 train each epoch after the first on chips
+mined anew for it (:mod:`sniper.data.epoch_chips`); the tables written here are epoch 0's.
 
 With ``train.negatives: false`` (the paper's "w/o negatives" ablation) stages 1-3 are skipped.
 Finished stages are recorded in ``RUN_DIR/stages.json``; a rerun with ``resume`` skips them and
@@ -28,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sniper.config import Config, save_config, to_dict
-from sniper.engine.distributed import DistInfo, barrier, cleanup, init_distributed
+from sniper.engine.distributed import DistInfo, any_rank, barrier, cleanup, init_distributed
 from sniper.engine.train import StageSpec, train_stage
 from sniper.errors import SniperError
 from sniper.io import atomic_write_json, read_json, remove_stale_temps
@@ -87,6 +92,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bo
                 shutil.rmtree(p)
             else:
                 p.unlink(missing_ok=True)
+        for p in run_dir.glob("proposals.part*-of*.json"):  # the ranks' shares of stage 'proposals'
+            p.unlink()
 
 
 class StageBook:
@@ -141,12 +148,22 @@ def _categories(coco: Any) -> list[dict]:
     return coco.categories_by_label()
 
 
-def _chip_source(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, negatives: bool):
+def _chip_source(
+    coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, negatives: bool, proposals=None, stats=None
+):
     from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
+    from sniper.data.epoch_chips import EpochChips
     from sniper.data.epoch_plan import ChipBatchSampler
 
     dataset = ChipDataset(coco, table, image_root, cfg.chips, cfg.data)
     workers = cfg.data.num_workers
+    tables = None
+    if cfg.chips.regenerate:
+        bad = [b["image_id"] for b in (stats or {}).get("bad_images", [])]
+        tables = EpochChips(
+            coco, proposals if negatives else None, cfg.chips, seed=cfg.seed, base=table,
+            workers=max(1, workers), exclude_images=np.asarray(bad, dtype=np.int64), verbose=dist_info.is_main,
+        )  # fmt: skip
     sampler = ChipBatchSampler(
         table,
         cfg.train.batch_size,
@@ -158,6 +175,8 @@ def _chip_source(coco, table, image_root: Path, cfg: Config, dist_info: DistInfo
         world_size=dist_info.world_size,
         num_workers=workers,
         drop_last=True,
+        mix_images=cfg.data.mix_images,
+        tables=tables,
     )
     return ChipBatchSource(dataset, sampler, num_workers=workers, pin_memory=torch.cuda.is_available())
 
@@ -341,7 +360,7 @@ def run_pipeline(
 
         def train_rpn() -> dict:
             model = _build(cfg, coco.num_classes, dev, dist_info)
-            source = _chip_source(coco, pos_table, image_root, cfg, dist_info, negatives=False)
+            source = _chip_source(coco, pos_table, image_root, cfg, dist_info, negatives=False, stats=stats)
             result = _train(
                 "rpn", model, source, cfg, run_dir, dev, dist_info, resume, True, interrupt_after=interrupt_after
             )
@@ -350,24 +369,54 @@ def run_pipeline(
             return {"model": rpn_path.name, "bad_images_in_training": result.bad_images, **_sync_info(result)}
 
         def propose() -> dict:
-            from sniper.engine.predict import predict_proposals
+            # Every rank proposes over its share of the images (strided: similar sizes on every
+            # rank) and writes its part; rank 0 merges them in dataset order.
+            from sniper.engine.predict import coco_items, predict_proposals
 
-            rpn_model, _, _ = load_model_for_inference(rpn_path, map_location=dev)
-            skipped: list[dict] = []
-            records = predict_proposals(
-                rpn_model,
-                coco,
-                image_root,
-                cfg.proposals,
-                dev,
-                infer_cfg=cfg.infer,
-                batch_size=cfg.infer.batch_size,
-                on_bad_image=cfg.data.on_bad_image,
-                max_image_pixels=cfg.data.max_image_pixels,
-                skipped=skipped,
-            )
+            part = props_path.with_name(f"proposals.part{dist_info.rank}-of{dist_info.world_size}.json")
+            failed: BaseException | None = None
+            if not part.exists():  # a part is final once written: a resumed stage reuses it
+                try:
+                    rpn_model, _, _ = load_model_for_inference(rpn_path, map_location=dev)
+                    skipped: list[dict] = []
+                    items = coco_items(coco, image_root)[dist_info.rank :: dist_info.world_size]
+                    records = predict_proposals(
+                        rpn_model,
+                        items,
+                        image_root,
+                        cfg.proposals,
+                        dev,
+                        infer_cfg=cfg.infer,
+                        batch_size=cfg.infer.batch_size,
+                        on_bad_image=cfg.data.on_bad_image,
+                        max_image_pixels=cfg.data.max_image_pixels,
+                        progress=dist_info.is_main,
+                        skipped=skipped,
+                    )
+                    atomic_write_json(part, {"records": records, "skipped": skipped}, indent=None)
+                except Exception as e:  # re-raised below, once the ranks agree
+                    failed = e
+            # A rank that failed must not leave the others waiting at the barrier until the timeout.
+            if any_rank(failed is not None, dist_info, dev):
+                if failed is not None:
+                    raise failed
+                raise SniperError("stage 'proposals' failed on another rank (its error is in that rank's output)")
+            if not dist_info.is_main:
+                return {}
+            parts = [props_path.with_name(f"proposals.part{r}-of{dist_info.world_size}.json")
+                     for r in range(dist_info.world_size)]  # fmt: skip
+            by_image: dict[int, list[dict]] = {}
+            n_skipped = 0
+            for path in parts:
+                data = read_json(path)
+                n_skipped += len(data["skipped"])
+                for rec in data["records"]:
+                    by_image.setdefault(int(rec["image_id"]), []).append(rec)
+            records = [r for im in coco.images for r in by_image.get(im.id, ())]
             atomic_write_json(props_path, records, indent=None)
-            return {"proposals": len(records), "skipped": len(skipped)}
+            for path in props_path.parent.glob("proposals.part*-of*.json"):  # also those of other world sizes
+                path.unlink()
+            return {"proposals": len(records), "skipped": n_skipped, "ranks": dist_info.world_size}
 
         def mine_negatives() -> dict:
             props = load_results(props_path, coco)
@@ -380,7 +429,10 @@ def run_pipeline(
             model = _build(cfg, coco.num_classes, dev, dist_info)
             if cfg.train.init_from_rpn and cfg.train.negatives:
                 model.load_state_dict(load_checkpoint(rpn_path, map_location=dev)["model"])
-            source = _chip_source(coco, table, image_root, cfg, dist_info, negatives=cfg.train.negatives)
+            props = load_results(props_path, coco) if cfg.train.negatives and cfg.chips.regenerate else None
+            source = _chip_source(
+                coco, table, image_root, cfg, dist_info, negatives=cfg.train.negatives, proposals=props, stats=stats
+            )
             if dist_info.is_main:
                 _warn_if_short(cfg, source.batches_per_epoch(), dist_info.world_size)
             result = _train(
@@ -399,9 +451,9 @@ def run_pipeline(
 
         if cfg.train.negatives:
             # 1. RPN-only training on positive chips; 2. its proposals over whole training images
-            # (rank 0; the others wait); 3. negative chip mining.
+            # (sharded over the ranks); 3. negative chip mining (rank 0; the others wait).
             seconds["rpn"] = book.run("rpn", train_rpn, dist_info, all_ranks=True)
-            seconds["proposals"] = book.run("proposals", propose, dist_info, all_ranks=False)
+            seconds["proposals"] = book.run("proposals", propose, dist_info, all_ranks=True)
             seconds["negatives"] = book.run("negatives", mine_negatives, dist_info, all_ranks=False)
             table = _checked_table(coco, ChipTable.read_parquet(chips_path), image_root, cfg, dist_info, stats)
         else:
