@@ -11,6 +11,7 @@ from hypothesis import settings
 settings.register_profile("mutation", max_examples=8, deadline=None, derandomize=True, database=None)
 if os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+os.environ["SNIPER_CACHE"] = "off"  # no annotation cache in the home folder; cache tests set their own
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -103,7 +104,9 @@ def test_end_to_end(tmp_path, coco_files, capsys):
         sampled += k
         sampled_px += area[neg].mean() * k if k else 0.0
     assert stats["pixels_vs_single_scale"] == pytest.approx((area[pos].sum() + sampled_px) / single, abs=1e-4)
-    assert stats["pixels_vs_single_scale_padded"] == pytest.approx((pos.sum() + sampled) * 512**2 / single, abs=1e-4)
+    assert stats["pixels_vs_single_scale_padded"] == pytest.approx(
+        (pos.sum() + sampled) * 512**2 / single, abs=1e-4
+    )
     assert 0 < stats["pixels_vs_full_pyramid"] < stats["pixels_vs_single_scale"]
     # load reports: the crowd box is kept, the unknown proposal image is counted
     assert stats["annotations"]["crowd"] == 1
@@ -259,3 +262,105 @@ def test_argument_errors(tmp_path, coco_files, capsys):
     assert "--workers must be >= 1" in capsys.readouterr().err
     assert run_chips("--annotations", str(ann), "--out", str(tmp_path / "o"), "--set", "chips.stride=0") == 2
     assert "stride" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --shard-images: the resumable folder
+
+
+def test_sharded_table(tmp_path, coco_files, capsys):
+    ann, props = coco_files
+    common = ["--annotations", str(ann), "--proposals", str(props), "--seed", "5"]
+    assert run_chips(*common, "--out", str(tmp_path / "one")) == 0
+    assert run_chips(*common, "--out", str(tmp_path / "sh"), "--shard-images", "3") == 0
+    assert "sh/chips/ (3 parts, " in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == ["chips", "stats.json"]
+    parts = sorted(p.name for p in (tmp_path / "sh" / "chips").iterdir())
+    assert parts == ["_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    whole = pq.read_table(tmp_path / "one" / "chips.parquet")
+    assert pq.read_table(tmp_path / "sh" / "chips").sort_by("image_id").num_rows == whole.num_rows
+    a = chip_table.ChipTable.read_parquet(tmp_path / "one")
+    b = chip_table.ChipTable.read_parquet(tmp_path / "sh")  # the output folder: its chips/
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.image_id, b.image_id)
+    s1 = json.loads((tmp_path / "one" / "stats.json").read_text())
+    s2 = json.loads((tmp_path / "sh" / "stats.json").read_text())
+    assert s1 == s2
+    # other inputs: one line naming the folder and the difference; --overwrite replaces the table
+    assert run_chips(*common[:-1], "6", "--out", str(tmp_path / "sh"), "--shard-images", "3") == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "sh/chips: holds a chip table of other inputs: seed (5 -> 6) differ" in err
+    )
+    assert (
+        run_chips(*common[:-1], "6", "--out", str(tmp_path / "sh"), "--shard-images", "3", "--overwrite") == 0
+    )
+    assert json.loads((tmp_path / "sh" / "stats.json").read_text())["seed"] == 6
+    assert run_chips(*common, "--out", str(tmp_path / "x"), "--shard-images", "-1") == 2
+    assert "--shard-images must be >= 0" in capsys.readouterr().err
+
+
+KILLED_SHARDED = """
+import os, sys, time
+from sniper.data import chip_table
+# top level: spawned workers run this file too (as __mp_main__), so they mine through `stalled`
+chip_table.SHARD_SIZE = 1
+real = chip_table._mine_shard
+def stalled(tasks):
+    if tasks[0].image_id == 112:  # images[4], the first image of part 2
+        print(f"stalled {os.getpid()}", flush=True)
+        time.sleep(60)
+    return real(tasks)
+chip_table._mine_shard = stalled
+if __name__ == "__main__":
+    from sniper.cli import main
+    main(["chips", "--annotations", sys.argv[1], "--proposals", sys.argv[2], "--out", sys.argv[3],
+          "--shard-images", "2", "--workers", "2"])
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie no parent has reaped yet is gone too
+
+
+def test_sharded_resume_after_sigkill(tmp_path, coco_files, capsys):
+    ann, props = coco_files
+    out = tmp_path / "out"
+    script = tmp_path / "child.py"
+    script.write_text(KILLED_SHARDED)
+    p = subprocess.Popen([sys.executable, str(script), str(ann), str(props), str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        line = next(x for x in iter(p.stdout.readline, "") if x.startswith("stalled ") or x == "")
+        assert line.startswith("stalled ")  # a worker is inside part 2
+        children = {int(line.split()[1])}
+        for task in os.listdir(f"/proc/{p.pid}/task"):
+            children.update(int(x) for x in open(f"/proc/{p.pid}/task/{task}/children").read().split())
+    finally:
+        p.kill()  # SIGKILL of `sniper chips`: its pool workers get no clean-up either
+        p.wait()
+        p.stdout.close()
+    deadline = time.monotonic() + 15
+    while any(map(_running, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, children))  # pool workers end with their parent, not wait forever
+    chips = out / "chips"
+    assert not (out / "stats.json").exists() and not (chips / "part-00002.parquet").exists()
+    assert not json.loads((chips / "_manifest.json").read_text())["complete"]
+    done = {p.name: p.stat().st_mtime_ns for p in chips.glob("part-*.parquet")}
+    assert "part-00000.parquet" in done or "part-00001.parquet" in done
+    args = ["--annotations", str(ann), "--proposals", str(props), "--shard-images", "2"]
+    assert run_chips(*args, "--out", str(out)) == 0
+    assert f"resuming, {len(done)} of 4 parts already written" in capsys.readouterr().err
+    assert {n: (chips / n).stat().st_mtime_ns for n in done} == done  # finished parts kept as they were
+    assert run_chips(*args, "--out", str(tmp_path / "ref")) == 0
+    names = ["_manifest.json"] + [f"part-0000{i}.parquet" for i in range(4)]
+    assert sorted(p.name for p in chips.iterdir()) == names  # no temp file left
+    for n in names[1:]:
+        assert pq.read_table(chips / n).equals(pq.read_table(tmp_path / "ref" / "chips" / n))
+    assert (chips / "_manifest.json").read_text() == (
+        tmp_path / "ref" / "chips" / "_manifest.json"
+    ).read_text()
+    assert (out / "stats.json").read_text() == (tmp_path / "ref" / "stats.json").read_text()

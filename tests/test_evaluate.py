@@ -625,3 +625,203 @@ def test_cli_backend_option(tmp_path, capsys):
     args = ["evaluate", "--annotations", str(GT), "--detections", str(DETS), "--proposals", "--backend", FAST]
     assert main(args) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(f"({FAST})")
+
+
+# ----------------------------------------------------------------- mask AP (iou_type="segm")
+
+# pycocotools' decode under numpy 2 (its __array__ has no copy keyword): noise, not a problem
+_QUIET_DECODE = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def _rle(mask):
+    from pycocotools import mask as mask_utils
+
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(r["size"]), "counts": r["counts"].decode("ascii")}
+
+
+def _segm_case():
+    """Two images; GT as polygons, compressed RLE and an uncompressed-RLE crowd region; results:
+    perfect masks, shifted ones, a false positive and a miss, scores not in GT order."""
+    from pycocotools import mask as mask_utils
+
+    h1, w1, h2, w2 = 60, 80, 48, 64
+    yy, xx = np.mgrid[0:h1, 0:w1]
+    blob = ((xx - 55) ** 2 + (yy - 35) ** 2 <= 12**2) | ((xx >= 40) & (xx < 70) & (yy >= 32) & (yy < 38))
+    crowd = np.zeros((h2, w2), bool)
+    crowd[30:46, 2:30] = True
+    flat = crowd.flatten(order="F")  # uncompressed RLE: column-major runs, zeros first
+    runs, cur, n = [], 0, 0
+    for v in flat:
+        if v != cur:
+            runs.append(n)
+            cur, n = v, 0
+        n += 1
+    runs.append(n)
+    anns = [
+        # polygons (a square in two parts, a triangle), RLE, crowd RLE
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[5, 5, 25, 5, 25, 25, 5, 25], [27, 5, 32, 5, 32, 10]],
+         "bbox": [5, 5, 27, 20], "area": 412.5, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 2, "segmentation": _rle(blob), "bbox": [40, 23, 30, 25],
+         "area": float(blob.sum()), "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 2, "segmentation": [[40, 4, 60, 4, 50, 24]], "bbox": [40, 4, 20, 20],
+         "area": 200.0, "iscrowd": 0},
+        {"id": 4, "image_id": 2, "category_id": 1, "segmentation": {"size": [h2, w2], "counts": runs},
+         "bbox": [2, 30, 28, 16], "area": float(crowd.sum()), "iscrowd": 1},
+        {"id": 5, "image_id": 2, "category_id": 1, "segmentation": [[8, 8, 20, 8, 20, 20, 8, 20]], "bbox": [8, 8, 12, 12],
+         "area": 144.0, "iscrowd": 0},
+    ]  # fmt: skip
+    gt = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": h1, "width": w1},
+            {"id": 2, "file_name": "b.png", "height": h2, "width": w2},
+        ],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "blob"}],
+    }
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+    masks = {a["id"]: coco.annToMask(copy.deepcopy(a)).astype(bool) for a in anns}
+    fp = np.zeros((h1, w1), bool)
+    fp[40:55, 2:20] = True
+    in_crowd = np.zeros((h2, w2), bool)
+    in_crowd[32:40, 5:15] = True
+    dets = [
+        (1, 1, masks[1], 0.7),  # perfect
+        (1, 2, np.roll(masks[2], 3, axis=1), 0.9),  # shifted 3 px: IoU ~0.7
+        (1, 2, np.roll(masks[2], 9, axis=0), 0.5),  # shifted far: a duplicate / false positive
+        (1, 1, fp, 0.8),  # nothing there
+        (2, 2, np.roll(masks[3], (1, 1), axis=(0, 1)), 0.6),
+        (2, 1, in_crowd, 0.95),  # inside the crowd region: ignored
+        (2, 1, masks[5], 0.4),  # perfect
+    ]
+    results = [
+        {"image_id": i, "category_id": c, "segmentation": _rle(m), "score": s,
+         "bbox": [float(v) for v in mask_utils.toBbox(_rle(m))]}
+        for i, c, m, s in dets
+    ]  # fmt: skip
+    return gt, results
+
+
+def _raw_segm_cocoeval(gt, results):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        # the COCO segmentation results format: no bbox (pycocotools takes area and box from the mask)
+        dt = coco_gt.loadRes([{k: v for k, v in copy.deepcopy(r).items() if k != "bbox"} for r in results])
+        ev = COCOeval(coco_gt, dt, "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+@_QUIET_DECODE
+def test_segm_fixture_has_what_the_test_needs():
+    gt, results = _segm_case()
+    kinds = {type(a["segmentation"]).__name__ + str(type(a["segmentation"].get("counts")).__name__ if isinstance(a["segmentation"], dict) else "")
+             for a in gt["annotations"]}  # fmt: skip
+    assert kinds == {"list", "dictstr", "dictlist"}  # polygons, compressed and uncompressed RLE
+    assert any(a["iscrowd"] for a in gt["annotations"])
+    ev = _raw_segm_cocoeval(gt, results)
+    assert 0 < ev.stats[0] < 1 and ev.stats[0] != ev.stats[1]  # shifted masks matter
+
+
+@_QUIET_DECODE
+def test_segm_matches_pycocotools_exactly(backend):
+    gt, results = _segm_case()
+    ev = _raw_segm_cocoeval(gt, results)
+    m = evaluate_detections(gt, results, iou_type="segm", backend=backend)
+    assert m["iou_type"] == "segm" and m["backend"] == backend
+    assert m["stats"] == [float(s) for s in ev.stats]
+    for key, s in zip(KEYS, ev.stats):
+        assert m[key] == (None if s == -1 else float(s)), key
+    box = evaluate_detections(gt, results, backend=backend)  # the default stays box AP
+    assert box["iou_type"] == "bbox" and box["stats"] != m["stats"]
+    # the same without bbox in the results; the results are not modified
+    before = copy.deepcopy(results)
+    assert evaluate_detections(gt, [{k: v for k, v in r.items() if k != "bbox"} for r in results],
+                               iou_type="segm", backend=backend)["stats"] == m["stats"]  # fmt: skip
+    assert results == before
+
+
+@_QUIET_DECODE
+def test_segm_backends_report_the_same_numbers():
+    gt, results = _segm_case()
+    for kw in ({}, {"max_dets": [1, 2, 100], "area_ranges": {"tiny": (0, 15), "big": (15, 1e5)}}):
+        py, fast = _on_both(evaluate_detections, gt, results, iou_type="segm", **kw)
+        assert _without_backend(fast) == _without_backend(py)
+    py, fast = _on_both(evaluate_detections, gt, [], iou_type="segm")
+    assert _without_backend(fast) == _without_backend(py) and fast["AP"] == 0.0
+
+
+@_QUIET_DECODE
+def test_segm_perfect_masks_give_one(backend):
+    from pycocotools.coco import COCO
+
+    gt, _ = _segm_case()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+         "segmentation": _rle(coco.annToMask(copy.deepcopy(a)))}
+        for a in gt["annotations"] if not a["iscrowd"]
+    ]  # fmt: skip
+    m = evaluate_detections(gt, results, iou_type="segm", backend=backend)
+    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
+
+
+@_QUIET_DECODE
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda gt, r: r[0].pop("segmentation"), r"result 0: missing 'segmentation'"),
+        (lambda gt, r: r[1].update(segmentation={"size": [10, 10], "counts": "PP"}), r"result 1: .*\[10, 10\].*\[60, 80\]"),
+        (lambda gt, r: r[2].update(segmentation=[[0, 0, 5, 0, 5, 5]]), r"result 2: segmentation must be a COCO RLE"),
+        (lambda gt, r: gt["annotations"][2].pop("segmentation"), r"annotations\[2\] \(id 3\): mask evaluation needs"),
+        (lambda gt, r: gt["annotations"][0].update(segmentation=[[1, 2, 3, 4]]), r"id 1\): segmentation polygon 0 .*>= 6"),
+        (lambda gt, r: gt["annotations"][3]["segmentation"]["counts"].append(5), r"id 4\): uncompressed RLE counts sum"),
+        (lambda gt, r: gt["images"][1].pop("height"), r"images\[1\] \(id 2\): mask evaluation needs its 'height'"),
+    ],
+)  # fmt: skip
+def test_segm_inputs_are_checked(edit, message):
+    gt, results = _segm_case()
+    edit(gt, results)
+    with pytest.raises(CocoFormatError, match=message):
+        evaluate_detections(gt, results, iou_type="segm")
+
+
+def test_unknown_iou_type_is_refused():
+    with pytest.raises(ValueError, match="iou_type must be one of bbox, segm"):
+        evaluate_detections(GT, DETS, iou_type="mask")
+
+
+@_QUIET_DECODE
+def test_cli_iou_type(tmp_path, capsys):
+    gt, results = _segm_case()
+    gt_path, dets_path = tmp_path / "gt.json", tmp_path / "dets.json"
+    gt_path.write_text(json.dumps(gt))
+    dets_path.write_text(json.dumps(results))
+    args = ["evaluate", "--annotations", str(gt_path), "--detections", str(dets_path), "--backend", "pycocotools"]
+    out = tmp_path / "m.json"
+    assert main([*args, "--iou-type", "segm", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("COCO mask evaluation: 2 images, 7 detections")
+    segm = json.loads(out.read_text())
+    assert segm["iou_type"] == "segm" and segm["stats"] == [float(s) for s in _raw_segm_cocoeval(gt, results).stats]
+    assert main([*args, "--iou-type", "both", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.index("COCO box evaluation") < text.index("COCO mask evaluation")
+    both = json.loads(out.read_text())
+    assert set(both) == {"bbox", "segm"} and both["segm"] == segm and both["bbox"]["iou_type"] == "bbox"
+    assert main([*args, "--proposals", "--iou-type", "segm"]) == 2
+    assert "--proposals evaluates boxes only" in capsys.readouterr().err

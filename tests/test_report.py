@@ -7,6 +7,7 @@ import io
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sniper.viz.report import ReportData, embed_image, write_report
@@ -118,3 +119,98 @@ def test_stage_parts_are_listed_but_not_added_to_the_total(tmp_path):
         assert re.search(rf'<tr class="part"><td>\W*{part}</td>', text), part
     rows = re.findall(r"<tr(?: class=\"part\")?><td>", text)
     assert len(rows) == 7  # 3 steps + 4 parts
+
+
+def test_mask_ap_gets_its_own_table_after_the_box_table(tmp_path):
+    data = ReportData(
+        ap={"SNIPER": {"AP": 0.4}, "baseline": {"AP": 0.3}},
+        mask_ap={"SNIPER": {"AP": 0.35, "AP50": 0.6}, "baseline": {"AP": 0.25, "AP50": 0.61}},
+        mask_per_class_ap={"SNIPER": {"disc": 0.5}, "baseline": {"disc": 0.2}},
+    )
+    text = write_report(tmp_path, data).read_text()
+    assert text.index("<h2>Average precision</h2>") < text.index("<h2>Mask average precision</h2>")
+    mask = text[text.index("<h2>Mask average precision</h2>") :]
+    assert "<b>35.0</b>" in mask and ">25.0<" in mask and "<b>61.0</b>" in mask and "+10.0" in mask
+    assert "AP per class" in mask and "<b>50.0</b>" in mask
+    assert "Mask average precision" not in write_report(tmp_path, ReportData(ap={"S": {"AP": 0.1}})).read_text()
+
+
+def _demo_dirs(tmp_path):
+    import json
+
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    (chips / "stats.json").write_text(json.dumps({"pos_chips_per_image": 2.5}))
+    folders = {}
+    for name in ("sniper_run", "baseline_run", "sniper_predict", "baseline_predict"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+    (folders["sniper_predict"] / "vis").mkdir()
+    _png(folders["sniper_predict"] / "vis" / "1_a.jpg", 64, 48, (10, 200, 10))
+    return chips, folders
+
+
+def test_demo_report_with_masks_shows_mask_ap_and_mask_pictures(tmp_path, capsys):
+    from sniper.config import Config
+    from sniper.engine import demo
+
+    chips, f = _demo_dirs(tmp_path)
+    box = {"AP": 0.5, "AP50": 0.7, "per_class": {"disc": 0.5}}
+    mask = {"AP": 0.42, "AP50": 0.66, "per_class": {"disc": 0.42}}
+    metrics = {
+        "sniper": demo._ap_row(box),
+        "baseline": demo._ap_row(box),
+        "sniper_mask": demo._ap_row(mask),
+        "baseline_mask": None,
+        "stage_seconds": {"rpn": 1.0, "sniper_training": 1.0},
+        "pipeline_stages": ["rpn"],
+        "total_seconds": 3.0,
+        "baseline_time_budget_s": 1.0,
+        "device": "cpu",
+        "masks": True,
+    }
+    path = demo._write_report(tmp_path, Config(), metrics, box, box, "random init", chips, f["sniper_run"],
+                              f["baseline_run"], f["sniper_predict"], f["baseline_predict"], mask, None)  # fmt: skip
+    text = path.read_text()
+    section = text[text.index("<h2>Mask average precision</h2>") :]
+    assert ">42.0<" in section and ">66.0<" in section and "baseline" not in section.split("</table>")[0]
+    assert "boxes over predicted masks" in text and "mask AP (COCO segm)" in text
+    demo._print_table(metrics)
+    out = capsys.readouterr().out
+    assert "mask AP" in out and " 0.420" in out and "n/a" in out
+    # a box demo: no mask table, no mask rows
+    metrics.update(masks=False)
+    text = demo._write_report(tmp_path, Config(), metrics, box, box, "random init", chips, f["sniper_run"],
+                              f["baseline_run"], f["sniper_predict"], f["baseline_predict"]).read_text()  # fmt: skip
+    assert "Mask average precision" not in text and "predicted masks" not in text
+    demo._print_table(metrics)
+    assert "mask" not in capsys.readouterr().out
+
+
+def test_demo_mask_metrics_evaluate_segm_or_say_why_not(tmp_path, capsys):
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    from sniper.engine.demo import mask_metrics
+
+    m = np.zeros((20, 30), np.uint8, order="F")
+    m[5:15, 4:20] = 1
+    rle = mask_utils.encode(m)
+    rle = {"size": [20, 30], "counts": rle["counts"].decode("ascii")}
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 5, 16, 10], "area": 160.0, "iscrowd": 0}
+    gt = {"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}],
+          "annotations": [{**ann, "segmentation": rle}], "categories": [{"id": 1, "name": "box"}]}  # fmt: skip
+    gt_path, dets = tmp_path / "gt.json", tmp_path / "detections.json"
+    gt_path.write_text(json.dumps(gt))
+    dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [4, 5, 16, 10], "score": 0.9, "segmentation": rle}]))
+    got = mask_metrics(gt_path, dets, [1, 10, 100])
+    assert got["iou_type"] == "segm" and got["AP"] == pytest.approx(1.0)
+    dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [4, 5, 16, 10], "score": 0.9}]))
+    assert mask_metrics(gt_path, dets, [1, 10, 100]) is None
+    assert "no segmentations" in capsys.readouterr().out
+    gt["annotations"] = [ann]  # a GT without segmentations
+    gt_path.write_text(json.dumps(gt))
+    dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": rle}]))
+    assert mask_metrics(gt_path, dets, [1, 10, 100]) is None
+    assert "no mask AP" in capsys.readouterr().out

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from sniper.boxes import iou_matrix, xywh_to_xyxy
 from sniper.cli import main
@@ -125,11 +126,23 @@ GOLDEN_PIXELS = {  # make_image(3, i).pixels with Pillow 13.0.0
 }
 
 
+def _without_segmentation(text: str) -> bytes:
+    """A dataset JSON as ``make_dataset(masks=False)`` writes it (``atomic_write_json``, indent 2)."""
+    data = json.loads(text)
+    for a in data["annotations"]:
+        a.pop("segmentation")
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
 def test_default_preset_output_is_unchanged(built, rendered):
+    """Masks are extra fields: without ``segmentation`` the JSON is the golden one, byte for byte."""
     out, summary, data = built("default")
     assert summary.preset == "default" and "preset" not in data["train"]["info"]
     for name, digest in GOLDEN_DEFAULT.items():
-        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+        raw = (out / name).read_bytes()
+        if name.endswith(".json"):
+            raw = _without_segmentation(raw.decode())
+        assert hashlib.sha256(raw).hexdigest() == digest, name
     if PIL.__version__ != "13.0.0":
         pytest.skip(f"pixel digests were recorded with Pillow 13.0.0, not {PIL.__version__}")
     for index, digest in GOLDEN_PIXELS.items():
@@ -167,6 +180,13 @@ def test_valid_coco(dataset):
         assert w > 0 and h > 0 and x >= 0 and y >= 0, a
         assert x + w <= im["width"] and y + h <= im["height"], a
         assert a["category_id"] in cat_ids and a["iscrowd"] in (0, 1) and 0 < a["area"] <= w * h
+    for split in ("train", "val"):  # every annotation has a mask pycocotools reads, inside its box
+        coco = COCO(str(out / f"{split}.json"))
+        for a in coco.dataset["annotations"][:: max(1, len(coco.dataset["annotations"]) // 40)]:
+            m = coco.annToMask(a)  # (a sample: an aerial image is up to 25 MB per mask)
+            x, y, w, h = (int(v) for v in a["bbox"])
+            area = int(m.sum())
+            assert 0 < area <= a["area"] and area == int(m[y : y + h, x : x + w].sum()), a["id"]
 
 
 def test_scene_statistics(built):
@@ -363,6 +383,66 @@ def test_boxes_are_the_exact_extent_of_visible_pixels(monkeypatch, preset):
         hidden += max(visible) < a["area"]
     if preset == "aerial":
         assert hidden == 0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_masks_are_the_pixels_each_object_shows(monkeypatch, preset):
+    """``segmentation`` is the set of pixels (alpha >= 0.5) still the object's own after the whole
+    scene is drawn: inside the box, touching all four sides unless something covers an extreme
+    (never in the aerial scene), and the box's pixel count when nothing covers it."""
+    drawn = []
+    composite = synthetic._composite
+
+    def recording(canvas, origin, alpha, rgb):
+        drawn.append((origin, alpha >= 0.5))
+        composite(canvas, origin, alpha, rgb)
+
+    monkeypatch.setattr(synthetic, "_composite", recording)
+    img = make_image(SEED, 1, SMALL[preset])
+    owner = np.full((img.height, img.width), -1, dtype=np.int32)
+    by_box = {}
+    for k, ((x0, y0), core) in enumerate(drawn):
+        owner[y0 : y0 + core.shape[0], x0 : x0 + core.shape[1]][core] = k
+        tight = synthetic._tight_box((x0, y0), core.astype(np.float32))
+        if tight is not None:
+            by_box.setdefault(tight[:4], []).append(k)
+    covered = n_crowd = 0
+    for a in img.annotations:
+        m = mask_utils.decode(a["segmentation"]).astype(bool)
+        assert m.shape == (img.height, img.width)
+        x, y, w, h = (int(v) for v in a["bbox"])
+        inside = m[y : y + h, x : x + w]
+        assert inside.sum() == m.sum() > 0, a  # nothing outside the box
+        if a["iscrowd"]:  # the members' visible pixels
+            n_crowd += 1
+            members = np.unique(owner[y : y + h, x : x + w][inside])
+            assert (members >= 0).all() and int(m.sum()) <= a["area"]
+            continue
+        ks = by_box[(float(x), float(y), float(x + w), float(y + h))]
+        assert any(np.array_equal(m, owner == k) for k in ks), a
+        if m.sum() == a["area"]:
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+        else:
+            covered += 1
+            assert m.sum() < a["area"]
+    if preset == "aerial":
+        assert covered == 0
+    assert len(img.annotations) - n_crowd >= (50 if preset == "aerial" else 5)
+    # with masks=False: the same pixels and annotations, no segmentation (no extra random draws)
+    plain = make_image(SEED, 1, SMALL[preset], masks=False)
+    np.testing.assert_array_equal(plain.pixels, img.pixels)
+    assert plain.annotations == [{k: v for k, v in a.items() if k != "segmentation"} for a in img.annotations]
+
+
+def test_make_dataset_without_masks_writes_the_old_json(tmp_path):
+    small = SMALL["default"]
+    a = make_dataset(tmp_path / "a", images=2, seed=5, settings=small, progress=False)
+    b = make_dataset(tmp_path / "b", images=2, seed=5, settings=small, progress=False, masks=False)
+    for name in ("train.json", "val.json"):
+        with_masks = (a.out_dir / name).read_text()
+        assert '"segmentation"' in with_masks or not json.loads(with_masks)["annotations"]
+        assert _without_segmentation(with_masks) == (b.out_dir / name).read_bytes()
+    assert (a.out_dir / "README.txt").read_bytes() == (b.out_dir / "README.txt").read_bytes()
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -3,7 +3,9 @@
 Writes ``OUT/chips.parquet`` (one row per chip: the positives and the whole negative pool,
 from which training samples ``chips.neg_per_image`` per image each epoch; see
 :mod:`sniper.data.chip_table`) and ``OUT/stats.json``, and prints the same statistics as a
-table; ``--visualize N`` draws the first N images into ``OUT/viz``.
+table; ``--visualize N`` draws the first N images into ``OUT/viz``. With ``--shard-images N``
+the table is the resumable folder ``OUT/chips/`` of parts of N images instead
+(:func:`sniper.data.chip_table.write_chip_shards`): a rerun keeps the finished parts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (chips.parquet, stats.json, viz/)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1: in this process)")
     p.add_argument(
+        "--shard-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write the table as the folder OUT/chips/ of parquet parts of N images each; a rerun "
+        "resumes, keeping the finished parts (default 0: one file, OUT/chips.parquet)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --shard-images: replace an OUT/chips/ mined from other inputs instead of stopping",
+    )
+    p.add_argument(
         "--visualize", type=int, default=0, metavar="N", help="write pictures of the first N images"
     )
     p.add_argument("--seed", type=int, default=None, help="tie-break seed (default: config seed)")
@@ -39,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sniper.config import load_config
-    from sniper.data.chip_table import chip_stats, format_chip_stats, write_chip_table
+    from sniper.data.chip_table import chip_stats, format_chip_stats, write_chip_shards, write_chip_table
     from sniper.data.coco import load_coco, load_results
     from sniper.io import atomic_write_json, remove_stale_temps
 
@@ -48,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.visualize < 0:
         raise ValueError(f"--visualize must be >= 0, got {args.visualize}")
+    if args.shard_images < 0:
+        raise ValueError(f"--shard-images must be >= 0, got {args.shard_images}")
     cfg = load_config(args.config, bad_image_overrides(args))
     seed = cfg.seed if args.seed is None else args.seed
     out = Path(args.out)
@@ -57,12 +74,22 @@ def run(args: argparse.Namespace) -> int:
     if args.proposals is not None:
         props = load_results(args.proposals, ds, strict=args.strict)
         print(props.report.format())
-    totals = write_chip_table(ds, props, cfg.chips, out / "chips.parquet", seed=seed, workers=args.workers)
+    if args.shard_images:
+        table = out / "chips"
+        totals = write_chip_shards(
+            ds, props, cfg.chips, table, seed=seed, workers=args.workers, shard_images=args.shard_images,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+        written = f"{table}/ ({-(-len(ds) // args.shard_images)} parts, {totals.pos + totals.neg} chips)"
+    else:
+        table = out / "chips.parquet"
+        totals = write_chip_table(ds, props, cfg.chips, table, seed=seed, workers=args.workers)
+        written = f"{table} ({totals.pos + totals.neg} chips)"
     stats = chip_stats(totals, cfg, seed, ds, props)
     remove_stale_temps(out, ["stats.json"])
     atomic_write_json(out / "stats.json", stats)
     print(format_chip_stats(stats))
-    print(f"wrote {out / 'chips.parquet'} ({totals.pos + totals.neg} chips) and {out / 'stats.json'}")
+    print(f"wrote {written} and {out / 'stats.json'}")
     if args.visualize:
         from sniper.viz.chips import visualize_chips
 

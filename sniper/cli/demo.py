@@ -15,6 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--fresh", action="store_true", help="start over instead of continuing a previous run")
+    p.add_argument(
+        "--masks",
+        action="store_true",
+        help="instance masks: model.masks=true (Mask R-CNN branch), mask AP beside box AP in the report",
+    )
     add_config_arguments(p)
     p.set_defaults(config=CONFIG)
 
@@ -31,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         config=args.config,
         overrides=args.overrides,
+        masks=args.masks,
     )
     return 0

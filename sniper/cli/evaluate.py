@@ -1,4 +1,8 @@
-"""``sniper evaluate``: COCO box AP of detections, or proposal recall (``--proposals``)."""
+"""``sniper evaluate``: COCO box AP of detections, mask AP (``--iou-type segm``, or ``both``), or
+proposal recall (``--proposals``).
+
+``--iou-type both`` prints the box table, then the mask table; ``--out`` then holds
+``{"bbox": metrics, "segm": metrics}`` (one type: the metrics themselves)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 
 from sniper.engine.evaluate import (
     BACKENDS,
+    IOU_TYPES,
     evaluate_detections,
     evaluate_proposals,
     format_detection_table,
@@ -33,7 +38,16 @@ def _area_range(text: str) -> tuple[str, tuple[float, float]]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", required=True, help="ground-truth COCO annotation JSON")
     p.add_argument(
-        "--detections", required=True, help="COCO results JSON [{image_id, category_id, bbox, score}]"
+        "--detections",
+        required=True,
+        help="COCO results JSON [{image_id, category_id, bbox, score}] (with segmentation for masks)",
+    )
+    p.add_argument(
+        "--iou-type",
+        choices=[*IOU_TYPES, "both"],
+        default="bbox",
+        help="bbox: box AP (default); segm: mask AP of the results' segmentation RLEs against the GT "
+        "segmentations (polygons or RLE); both: the two tables",
     )
     p.add_argument(
         "--proposals",
@@ -82,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
         check_output_file(args.out)
     areas = dict(args.area_ranges) if args.area_ranges else None
+    if args.proposals and args.iou_type != "bbox":
+        from sniper.errors import SniperError
+
+        raise SniperError("--proposals evaluates boxes only (--iou-type bbox)")
     if args.proposals:
         metrics = evaluate_proposals(
             args.annotations,
@@ -97,15 +115,20 @@ def run(args: argparse.Namespace) -> int:
             max_dets, note = max_dets_for(args.annotations)
             if note:
                 print(note)
-        metrics = evaluate_detections(
-            args.annotations,
-            args.detections,
-            max_dets=max_dets,
-            area_ranges=areas,
-            per_class=args.per_class,
-            backend=args.backend,
-        )
-        print(format_detection_table(metrics))
+        types = list(IOU_TYPES) if args.iou_type == "both" else [args.iou_type]
+        by_type = {}
+        for k, iou_type in enumerate(types):
+            by_type[iou_type] = evaluate_detections(
+                args.annotations,
+                args.detections,
+                max_dets=max_dets,
+                area_ranges=areas,
+                per_class=args.per_class,
+                backend=args.backend,
+                iou_type=iou_type,
+            )
+            print(("\n" if k else "") + format_detection_table(by_type[iou_type]))
+        metrics = by_type if len(types) > 1 else by_type[types[0]]
     if args.out:
         atomic_write_json(args.out, metrics)
         print(f"wrote {args.out}")

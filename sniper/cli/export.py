@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"--images {images}: not a folder")
     out = Path(args.out)
     cfg = load_config(args.config, bad_image_overrides(args))
-    coco = load_coco(args.annotations, strict=args.strict)
+    coco = load_coco(args.annotations, strict=args.strict, image_root=images, masks=True)
     print(coco.report.format())
     if args.chips is not None:
         table = ChipTable.read_parquet(args.chips)

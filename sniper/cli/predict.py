@@ -2,7 +2,8 @@
 
 Writes ``OUT/detections.json`` (or ``OUT/proposals.json`` with ``--proposals``), ``OUT/images.json``,
 ``OUT/summary.json`` and, with ``--visualize``, pictures in ``OUT/vis/``
-(:func:`sniper.engine.predict_run.predict_to_folder`).
+(:func:`sniper.engine.predict_run.predict_to_folder`). A mask model (``model.masks``) adds a
+``segmentation`` (COCO RLE) to every detection and draws the masks in the pictures.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const=20,
         default=0,
         metavar="N",
-        help="draw detections on the first N images into OUT/vis (N defaults to 20)",
+        help="draw detections (and a mask model's masks) on the first N images into OUT/vis (N defaults to 20)",
     )
     p.add_argument("--vis-thresh", type=float, default=0.3, help="draw detections scoring above this")
     p.add_argument("--vis-top-k", type=int, default=None, help="draw the K best detections instead")
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     line = (
-        f"predict: {s.images} images, {s.records} {s.mode} in {s.seconds:.1f} s "
+        f"predict: {s.images} images, {s.records} {s.mode}{' with masks' if s.masks else ''} in {s.seconds:.1f} s "
         f"({s.images_per_s:.2f} images/s) -> {s.result_file}"
     )
     if s.skipped:

@@ -23,7 +23,18 @@
   origin         [2] float64                  (x1, y1) of the chip in original px
   chip_box       [4] float64                  (x1, y1, x2, y2) of the chip in original px
   flipped        bool                         mirrored inside its content width
+  masks          [N, S, S] uint8              with ``masks=S``: per valid GT (``boxes`` order) its
+                                              box-local binary mask, pixel (r, c) = the object at
+                                              ``(x1 + (c + .5) w / S, y1 + (r + .5) h / S)`` of its
+                                              own box (after flip: the flipped mask)
+  mask_valid     [N] bool                     with ``masks=S``: False where the annotation has no
+                                              usable segmentation (that mask is zeros)
   ============== ============================ ==================================================
+
+  Masks (``docs/data.md`` "Instance masks") need the annotations loaded with
+  ``load_coco(..., masks=True)``; each box is the valid box clipped to the chip as in ``boxes``,
+  mapped to original px (``origin + chip_px / scale``) and sampled there by
+  :func:`sniper.data.masks.box_local_mask` (decoded RLE crops cached per worker).
 
   :func:`chip_to_original` maps chip-pixel boxes (predictions) back to the source image.
 
@@ -62,6 +73,7 @@ from sniper.data.chip_table import ChipTable
 from sniper.data.coco import CocoDataset
 from sniper.data.epoch_plan import ChipBatchSampler, ChipKey
 from sniper.data.images import LoadedImage, check_image_size, load_image, resolve_image_path
+from sniper.data.masks import MaskCache, box_local_mask
 from sniper.data.transforms import (
     ImageCache,
     chip_tensor,
@@ -86,6 +98,9 @@ __all__ = [
 
 Target = dict[str, Any]
 
+# Largest decode cache (pixels per DataLoader worker) that data.mix_images may ask for: 600 MB.
+MIX_CACHE_MAX_PIXELS = 200_000_000
+
 
 class ChipDataset(Dataset):
     """Chips of a COCO dataset as training items (see the module docstring)."""
@@ -97,7 +112,16 @@ class ChipDataset(Dataset):
         image_root: str | os.PathLike[str],
         chip_cfg: ChipConfig,
         data_cfg: DataConfig | None = None,
+        masks: int | None = None,
     ) -> None:
+        if masks is not None:
+            if int(masks) < 1:
+                raise ValueError(f"masks must be the mask side S >= 1 (or None), got {masks}")
+            if not getattr(coco, "has_segmentations", False):
+                raise ValueError(
+                    "chip masks need the segmentations: load the annotations with load_coco(..., masks=True)"
+                )
+        self.masks = None if masks is None else int(masks)
         self.coco = coco
         self.chips = chips
         self.image_root = Path(image_root)
@@ -109,12 +133,15 @@ class ChipDataset(Dataset):
         # to copy through shared memory) and numpy targets; the main process converts the batch.
         self.uint8_pixels = False
         self._cache: ImageCache | None = None
+        self._mask_cache: MaskCache | None = None
 
     @classmethod
     def from_config(
         cls, coco: CocoDataset, chips: ChipTable, image_root: str | os.PathLike[str], cfg: Config
     ):
-        return cls(coco, chips, image_root, cfg.chips, cfg.data)
+        model = getattr(cfg, "model", None)
+        masks = getattr(model, "mask_target_size", 56) if getattr(model, "masks", False) else None
+        return cls(coco, chips, image_root, cfg.chips, cfg.data, masks=masks)
 
     def use_table(self, chips: ChipTable) -> None:
         """Serve the chips of ``chips`` from now on (another epoch's table; same images)."""
@@ -137,15 +164,27 @@ class ChipDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = None  # every DataLoader worker builds its own, empty
+        state["_mask_cache"] = None
         return state
 
     @property
     def cache(self) -> ImageCache:
         if self._cache is None:
-            # a window of mixed images (data.mix_images) must fit, or every chip decodes again
-            size = max(self.data_cfg.image_cache_size, self.data_cfg.mix_images)
-            self._cache = ImageCache(size, self.data_cfg.image_cache_pixels)
+            # A window of mixed images (data.mix_images) must fit, or every chip decodes again:
+            # room for W of the largest images, up to MIX_CACHE_MAX_PIXELS (3 bytes each).
+            w = self.data_cfg.mix_images
+            size = max(self.data_cfg.image_cache_size, w)
+            largest = int((self.coco.widths * self.coco.heights).max()) if len(self.coco) else 0
+            pixels = max(self.data_cfg.image_cache_pixels, min(w * largest, MIX_CACHE_MAX_PIXELS))
+            self._cache = ImageCache(size, pixels)
         return self._cache
+
+    @property
+    def mask_cache(self) -> MaskCache:
+        """Decoded RLE crops of this process (at most 16M pixels, see :class:`MaskCache`)."""
+        if self._mask_cache is None:
+            self._mask_cache = MaskCache()
+        return self._mask_cache
 
     # ------------------------------------------------------------ pieces
 
@@ -204,8 +243,12 @@ class ChipDataset(Dataset):
         ignore = lab.boxes[lab.ignore].astype(np.float32).reshape(-1, 4)
         crowd = self.coco.annotations_at(int(self._image_pos[index])).iscrowd[lab.gt_index[lab.ignore]]
         ignore_labels = np.where(crowd, 0, self.coco.label_of(lab.classes[lab.ignore])).astype(np.int64)
+        if self.masks is not None:
+            masks, mask_valid = self.box_masks(index, chip, lab)
         if flip:
             boxes, ignore = flip_boxes(boxes, w), flip_boxes(ignore, w)
+            if self.masks is not None:
+                masks = np.ascontiguousarray(masks[:, :, ::-1])
         target = {
             "boxes": boxes,
             "labels": self.coco.label_of(lab.classes[lab.valid]).astype(np.int64),
@@ -220,9 +263,36 @@ class ChipDataset(Dataset):
             "chip_box": np.array([chip.x1, chip.y1, chip.x2, chip.y2], dtype=np.float64),
             "flipped": bool(flip),
         }
+        if self.masks is not None:
+            target["masks"] = masks
+            target["mask_valid"] = mask_valid
         # In DataLoader workers (transport mode) the arrays stay numpy: pickled inline with the
         # batch, where every tensor would travel through a shared-memory file of its own.
         return target if self.uint8_pixels else targets_to_torch(target)
+
+    def box_masks(self, index: int, chip: Chip, lab: ChipLabels) -> tuple[np.ndarray, np.ndarray]:
+        """(masks ``[N, S, S]`` uint8, mask_valid ``[N]`` bool) of the valid GT of chip ``index``
+        (``boxes`` order, unflipped)."""
+        S = self.masks
+        pos = int(self._image_pos[index])
+        rec = self.coco.images[pos]
+        ann = self.coco.annotations_at(pos)
+        gt = lab.gt_index[lab.valid]
+        out = np.zeros((len(gt), S, S), dtype=np.uint8)
+        valid = np.zeros(len(gt), dtype=bool)
+        if len(gt) == 0:
+            return out, valid
+        segs = ann.segmentations
+        boxes = chip.to_image(lab.boxes[lab.valid].astype(np.float64))  # chip px -> original px
+        cache = self.mask_cache
+        for i, (g, box) in enumerate(zip(gt.tolist(), boxes)):
+            seg = segs[g]
+            if seg is None:
+                continue
+            out[i] = box_local_mask(seg, (rec.width, rec.height), box, S, cache=cache,
+                                    key=(rec.id, int(ann.ann_ids[g])))  # fmt: skip
+            valid[i] = True
+        return out, valid
 
     def render(self, index: int) -> np.ndarray:
         """The chip content ``(h, w, 3)`` uint8 at its own size, unflipped, unpadded."""

@@ -15,6 +15,14 @@ truncated) is an ignore region (``iscrowd: 1``), both with the dataset's own cat
 (``categories`` copied) and ``source_annotation_id``. Pixels and labels come from
 :class:`~sniper.data.chip_dataset.ChipDataset`, i.e. exactly what ``sniper train`` uses.
 
+Segmentations: when the source annotations were loaded with ``load_coco(..., masks=True)``, a
+valid object with a usable segmentation gets its mask over the chip at the chip's resolution
+(chip pixel ``(r, c)`` = the object at ``origin + (c + 0.5, r + 0.5) / scale``: polygons
+transformed into chip px and rasterised there, RLEs sampled at the pixel centres; see
+:func:`sniper.data.masks.sample_mask`) as compressed RLE ``{"size": [h, w], "counts": str}``,
+and ``area`` = the mask's pixel count. Other annotations keep the box as a polygon and the box
+area.
+
 Everything is written into a staging folder beside ``OUT`` (``.OUT.staging-<pid>-<host>.<random>``)
 and renamed onto ``OUT`` at the end, so ``OUT`` is always either the previous complete export
 (or absent) or the new complete one, never a mix. An existing ``OUT`` is moved aside
@@ -57,6 +65,7 @@ from sniper.data.chip_dataset import BadImage, ChipDataset, check_images
 from sniper.data.chip_table import ChipTable
 from sniper.data.coco import CocoDataset
 from sniper.data.epoch_plan import sampled_negatives
+from sniper.data.masks import encode_mask, sample_mask
 from sniper.errors import BadImageError
 from sniper.io import (
     atomic_open,
@@ -85,6 +94,7 @@ class ExportSummary:
     neg_chips: int = 0
     annotations: int = 0
     ignore_regions: int = 0
+    masks: int = 0  # valid objects written with their mask (RLE) as segmentation
     bad_images: list[BadImage] = field(default_factory=list)
     dropped_chips: int = 0
     seconds: float = 0.0
@@ -96,6 +106,8 @@ class ExportSummary:
             f"{self.annotations} objects + {self.ignore_regions} ignore regions (iscrowd=1) "
             f"to {self.out} in {self.seconds:.1f}s",
         ]
+        if self.masks:
+            lines.append(f"{self.masks} of the objects with their mask (RLE segmentation)")
         if self.bad_images:
             lines.append(f"skipped {len(self.bad_images)} bad images ({self.dropped_chips} chips):")
             lines += [f"  {b.file}: {b.reason}" for b in self.bad_images[:20]]
@@ -156,6 +168,7 @@ def _export_image(rows: np.ndarray) -> tuple[list[dict[str, Any]], BadImage | No
                 tmp.write_bytes(_encode(pixels, fmt, _state["quality"]))
             lab = ds.labels(row)
             h, w = pixels.shape[:2]
+            segs = _chip_segmentations(ds, rec, ann, chip, lab, w, h)
             out.append({
                 "file_name": name, "width": int(w), "height": int(h),
                 "source_image_id": image_id, "source_file_name": rec.file_name,
@@ -163,6 +176,7 @@ def _export_image(rows: np.ndarray) -> tuple[list[dict[str, Any]], BadImage | No
                 "origin": [chip.x1, chip.y1], "chip_box": [chip.x1, chip.y1, chip.x2, chip.y2],
                 "boxes": lab.boxes.astype(np.float64).tolist(), "valid": lab.valid.tolist(),
                 "category_ids": lab.classes.tolist(), "ann_ids": ann.ann_ids[lab.gt_index].tolist(),
+                "segmentations": segs,
             })  # fmt: skip
     except BadImageError as e:
         if ds.data_cfg.on_bad_image == "error":
@@ -170,7 +184,24 @@ def _export_image(rows: np.ndarray) -> tuple[list[dict[str, Any]], BadImage | No
         return [], BadImage(image_id, e.file, e.reason)
     finally:
         ds.cache.clear()  # one image at a time: nothing to gain from keeping it
+        ds.mask_cache.clear()
     return out, None
+
+
+def _chip_segmentations(ds: ChipDataset, rec, ann, chip, lab, w: int, h: int) -> list[dict[str, Any] | None]:
+    """Per label of the chip: the compressed RLE of a valid object's mask over the chip window at
+    chip resolution, or None (an ignore region, no usable segmentation, masks not loaded)."""
+    segs = getattr(ann, "segmentations", None)
+    out: list[dict[str, Any] | None] = [None] * len(lab.gt_index)
+    if segs is None:
+        return out
+    window = (chip.x1, chip.y1, chip.x1 + w / chip.scale, chip.y1 + h / chip.scale)  # original px
+    for i, (g, valid) in enumerate(zip(lab.gt_index.tolist(), lab.valid.tolist())):
+        if valid and segs[g] is not None:
+            m = sample_mask(segs[g], (rec.width, rec.height), window, w, h, cache=ds.mask_cache,
+                            key=(rec.id, int(ann.ann_ids[g])))  # fmt: skip
+            out[i] = {**encode_mask(m), "area": int(m.sum())}
+    return out
 
 
 def _runs(table: ChipTable) -> list[np.ndarray]:
@@ -422,12 +453,19 @@ def _write_export(
                 })  # fmt: skip
                 summary.pos_chips += r["kind"] == "pos"
                 summary.neg_chips += r["kind"] == "neg"
-                for box, valid, cat, aid in zip(r["boxes"], r["valid"], r["category_ids"], r["ann_ids"]):
+                for box, valid, cat, aid, seg in zip(
+                    r["boxes"], r["valid"], r["category_ids"], r["ann_ids"], r["segmentations"]
+                ):
                     x1, y1, x2, y2 = box
+                    if seg is None:
+                        area, segmentation = (x2 - x1) * (y2 - y1), [[x1, y1, x2, y1, x2, y2, x1, y2]]
+                    else:
+                        area, segmentation = seg["area"], {"size": seg["size"], "counts": seg["counts"]}
+                        summary.masks += 1
                     annotations.append({
                         "id": len(annotations) + 1, "image_id": chip_id, "category_id": int(cat),
-                        "bbox": _bbox(box), "area": (x2 - x1) * (y2 - y1), "iscrowd": 0 if valid else 1,
-                        "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]], "source_annotation_id": int(aid),
+                        "bbox": _bbox(box), "area": area, "iscrowd": 0 if valid else 1,
+                        "segmentation": segmentation, "source_annotation_id": int(aid),
                     })  # fmt: skip
                     summary.annotations += bool(valid)
                     summary.ignore_regions += not valid

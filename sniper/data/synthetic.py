@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from sniper.data.masks import rle_from_patch
 from sniper.errors import SniperError
 from sniper.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -205,7 +206,7 @@ class SyntheticImage:
     """One rendered image: pixels, its annotations (no ids yet) and its unlabeled distractors."""
 
     pixels: np.ndarray  # (H, W, 3) uint8
-    annotations: list[dict]  # category_id, bbox [x, y, w, h], area, iscrowd, truncated
+    annotations: list[dict]  # category_id, bbox [x, y, w, h], area, iscrowd, truncated[, segmentation]
     distractor_boxes: np.ndarray  # (D, 4) xywh, tight boxes of the drawn distractors
     distractor_kinds: list[str] = field(default_factory=list)
 
@@ -696,16 +697,23 @@ def _place(rng, it: _Item, width, height, placed, max_overlap, tries: int = 40):
 
 
 def make_image(
-    seed: int, index: int, settings: SyntheticSettings | None = None, *, preset: str | None = None
+    seed: int,
+    index: int,
+    settings: SyntheticSettings | None = None,
+    *,
+    preset: str | None = None,
+    masks: bool = True,
 ) -> SyntheticImage:
     """Render image ``index`` of the dataset with ``seed`` (independent of the other images).
 
     ``settings`` default to those of ``preset`` (default: "default"); :class:`AerialSettings`
-    draw the aerial scene.
+    draw the aerial scene. With ``masks`` every annotation also gets ``segmentation``: a COCO
+    compressed RLE of the pixels that show its object (see :func:`_visible_segmentations`); the
+    pixels and every other field are the same either way (no extra random draws).
     """
     s = _resolve(preset, settings)[1]
     if isinstance(s, AerialSettings):
-        return _make_aerial_image(seed, index, s)
+        return _make_aerial_image(seed, index, s, masks)
     rng = np.random.default_rng([seed, index])
     width, height = _image_size(rng, s)
     canvas = _background(rng, width, height)
@@ -713,6 +721,10 @@ def make_image(
     annotations: list[dict] = []
     d_boxes: list[tuple[float, float, float, float]] = []
     d_kinds: list[str] = []
+    # with masks: every composited core (alpha >= 0.5) in drawing order, and per annotation
+    # the range of its own layers
+    layers: list[tuple[tuple[int, int], np.ndarray]] | None = [] if masks else None
+    spans: list[tuple[int, int]] = []
     for it in _plan(rng, width, height, s):
         x1, y1, x2, y2 = it.box
         cx, cy, r = (x1 + x2) / 2, (y1 + y2) / 2, it.size / 2
@@ -728,17 +740,67 @@ def make_image(
             _composite(canvas, *drawn)
             truncated = tight[0] <= 0 or tight[1] <= 0 or tight[2] >= width or tight[3] >= height
             annotations.append(_annotation(it.category_id, tight, crowd=False, truncated=truncated))
+            if layers is not None:
+                spans.append((len(layers), len(layers) + 1))
+                layers.append((drawn[0], drawn[1] >= 0.5))
         elif it.role == "crowd":
-            box = _draw_crowd(rng, canvas, it, by_id[it.category_id], s)
+            first = 0 if layers is None else len(layers)
+            box = _draw_crowd(rng, canvas, it, by_id[it.category_id], s, layers)
             if box is not None:
                 annotations.append(_annotation(it.category_id, box, crowd=True, truncated=False))
+                if layers is not None:
+                    spans.append((first, len(layers)))
         else:
-            box = _draw_distractor(rng, canvas, it, width, height)
+            box = _draw_distractor(rng, canvas, it, width, height, layers)
             if box is not None:
                 d_boxes.append((box[0], box[1], box[2] - box[0], box[3] - box[1]))
                 d_kinds.append(it.kind)
     _add_noise(rng, canvas, float(rng.uniform(*s.noise_sigma)))
+    if layers is not None:
+        _visible_segmentations(annotations, spans, layers, width, height)
     return SyntheticImage(canvas, annotations, np.asarray(d_boxes, dtype=np.float64).reshape(-1, 4), d_kinds)
+
+
+def _visible_segmentations(
+    annotations: list[dict],
+    spans: list[tuple[int, int]],
+    layers: list[tuple[tuple[int, int], np.ndarray]],
+    width: int,
+    height: int,
+) -> None:
+    """Give each annotation ``segmentation``: the union of its own cores (alpha >= 0.5: the
+    pixels its box is the tight box of) minus the cores of everything drawn after it (objects,
+    crowd members, distractors may overlap by up to ``max_overlap``), as compressed RLE. The
+    mask lies inside the box; it touches all four sides unless a later item covers an extreme."""
+    rects = np.array(
+        [(x0, y0, x0 + c.shape[1], y0 + c.shape[0]) for (x0, y0), c in layers], dtype=np.int64
+    ).reshape(-1, 4)
+    for a, (lo, hi) in zip(annotations, spans):
+        x, y, w, h = a["bbox"]
+        box = (int(x), int(y), int(x + w), int(y + h))
+        region = np.zeros((box[3] - box[1], box[2] - box[0]), dtype=bool)
+        for j in range(lo, hi):
+            _paste(region, box, layers[j], cover=False)
+        r = rects[hi:]
+        hit = (r[:, 0] < box[2]) & (r[:, 2] > box[0]) & (r[:, 1] < box[3]) & (r[:, 3] > box[1])
+        for j in (hi + np.flatnonzero(hit)).tolist():
+            _paste(region, box, layers[j], cover=True)
+        a["segmentation"] = rle_from_patch(region, box[0], box[1], width, height)
+
+
+def _paste(region: np.ndarray, box: tuple[int, int, int, int], layer, *, cover: bool) -> None:
+    """``region`` (the pixels of ``box``) |= the layer's core, or &= ~core when it ``cover``s."""
+    (x0, y0), core = layer
+    ax, ay = max(box[0], x0), max(box[1], y0)
+    bx, by = min(box[2], x0 + core.shape[1]), min(box[3], y0 + core.shape[0])
+    if bx <= ax or by <= ay:
+        return
+    dst = region[ay - box[1] : by - box[1], ax - box[0] : bx - box[0]]
+    src = core[ay - y0 : by - y0, ax - x0 : bx - x0]
+    if cover:
+        dst &= ~src
+    else:
+        dst |= src
 
 
 def _annotation(category_id: int, tight, *, crowd: bool, truncated: bool) -> dict:
@@ -752,8 +814,11 @@ def _annotation(category_id: int, tight, *, crowd: bool, truncated: bool) -> dic
     }
 
 
-def _draw_crowd(rng, canvas, it: _Item, cls: ShapeClass, s: SyntheticSettings):
-    """A jittered grid of small same-class shapes; returns the union box and summed area."""
+def _draw_crowd(rng, canvas, it: _Item, cls: ShapeClass, s: SyntheticSettings, layers=None):
+    """A jittered grid of small same-class shapes; returns the union box and summed area.
+
+    ``layers`` (a list) collects each drawn member's core (see :func:`_visible_segmentations`).
+    """
     height, width = canvas.shape[:2]
     x1, y1, x2, y2 = it.box
     member = float(rng.uniform(*s.crowd_member))
@@ -775,6 +840,8 @@ def _draw_crowd(rng, canvas, it: _Item, cls: ShapeClass, s: SyntheticSettings):
             if tight is None:
                 continue
             _composite(canvas, *drawn)
+            if layers is not None:
+                layers.append((drawn[0], drawn[1] >= 0.5))
             lo = [min(lo[0], tight[0]), min(lo[1], tight[1])]
             hi = [max(hi[0], tight[2]), max(hi[1], tight[3])]
             area += tight[4]
@@ -784,7 +851,7 @@ def _draw_crowd(rng, canvas, it: _Item, cls: ShapeClass, s: SyntheticSettings):
     return (lo[0], lo[1], hi[0], hi[1], area)
 
 
-def _draw_distractor(rng, canvas, it: _Item, width, height):
+def _draw_distractor(rng, canvas, it: _Item, width, height, layers=None):
     x1, y1, x2, y2 = it.box
     cx, cy, r = (x1 + x2) / 2, (y1 + y2) / 2, it.size / 2
     if it.kind == "flat_shape":
@@ -802,6 +869,8 @@ def _draw_distractor(rng, canvas, it: _Item, width, height):
     if tight is None:
         return None
     _composite(canvas, *drawn)
+    if layers is not None:
+        layers.append((drawn[0], drawn[1] >= 0.5))
     return tight
 
 
@@ -878,6 +947,7 @@ class _AerialScene:
 
     def __init__(self, rng: np.random.Generator, s: AerialSettings, width: int, height: int):
         self.rng, self.s, self.width, self.height = rng, s, width, height
+        self.masks = True  # annotations get "segmentation" (their cores are never painted over)
         self.mp = width * height / 1e6
         self.car = float(_log_uniform(rng, *s.vehicle_length))  # the ground scale
         self.annotations: list[dict] = []
@@ -1107,6 +1177,8 @@ class _AerialScene:
         if category:
             truncated = tight[0] <= 0 or tight[1] <= 0 or tight[2] >= self.width or tight[3] >= self.height
             self.annotations.append(_annotation(category, tight, crowd=False, truncated=truncated))
+            if self.masks:
+                self.annotations[-1]["segmentation"] = rle_from_patch(core, x0, y0, self.width, self.height)
         else:
             self.d_boxes.append((tight[0], tight[1], bw, bh))
             self.d_kinds.append(kind)
@@ -1204,6 +1276,8 @@ class _AerialScene:
             self.occ[max(0, by0 - 1) : by1 + 1, max(0, bx0 - 1) : bx1 + 1] = _TAKEN
             truncated = bx0 <= 0 or by0 <= 0 or bx1 >= self.width or by1 >= self.height
             self.annotations.append(_annotation(_TREE, tight, crowd=True, truncated=truncated))
+            if self.masks:  # the union of the crowns (the box is reserved: nothing covers them later)
+                self.annotations[-1]["segmentation"] = rle_from_patch(union, x0, y0, self.width, self.height)
             return True
         return False
 
@@ -1382,10 +1456,11 @@ class _AerialScene:
                 self.put(float(cx), float(cy), d / 2, "disc", "bullseye", rings, 0.0, kind="tank")
 
 
-def _make_aerial_image(seed: int, index: int, s: AerialSettings) -> SyntheticImage:
+def _make_aerial_image(seed: int, index: int, s: AerialSettings, masks: bool = True) -> SyntheticImage:
     rng = np.random.default_rng([seed, index])
     width, height = _image_size(rng, s)
     scene = _AerialScene(rng, s, width, height)
+    scene.masks = masks
     scene.ground()
     n_crowd = 0
     while rng.random() < s.crowd_prob and n_crowd < 2:  # woods first: they need open ground
@@ -1456,8 +1531,12 @@ def make_dataset(
     settings: SyntheticSettings | None = None,
     preset: str | None = None,
     progress: bool = True,
+    masks: bool = True,
 ) -> SyntheticSummary:
     """Write ``OUT/images/*.jpg``, ``OUT/train.json``, ``OUT/val.json`` and ``OUT/README.txt``.
+
+    ``masks``: every annotation also carries ``segmentation``, the compressed RLE of the pixels
+    its object shows (``masks=False``: the files of before masks existed, byte for byte).
 
     ``preset`` is a name in :data:`PRESETS` ("default" unless ``settings`` are
     :class:`AerialSettings`); ``images`` defaults to the preset's count (160 default, 12 aerial)
@@ -1487,7 +1566,7 @@ def make_dataset(
     n_crowd = n_trunc = n_dis = 0
     names = []
     for index in tqdm(range(images), desc="make-dataset", unit="img", disable=not progress):
-        img = make_image(seed, index, s)
+        img = make_image(seed, index, s, masks=masks)
         image_id = index + 1
         name = f"{image_id:06d}.jpg"
         names.append(name)
@@ -1499,16 +1578,17 @@ def make_dataset(
             ann_id += 1
             n_crowd += a["iscrowd"]
             n_trunc += a["truncated"]
-            split["annotations"].append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": a["category_id"],
-                    "bbox": a["bbox"],
-                    "area": a["area"],
-                    "iscrowd": a["iscrowd"],
-                }
-            )
+            record = {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "area": a["area"],
+                "iscrowd": a["iscrowd"],
+            }
+            if masks:
+                record["segmentation"] = a["segmentation"]
+            split["annotations"].append(record)
         n_dis += len(img.distractor_boxes)
     keep = set(names)
     for p in img_dir.iterdir():

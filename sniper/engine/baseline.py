@@ -44,7 +44,7 @@ def train_full_image(
 
     device = torch.device(device)
     run_dir = Path(run_dir)
-    coco = load_coco(annotations)
+    coco = load_coco(annotations, image_root=image_root)
     torch.manual_seed(cfg.seed)
     dataset = FullImageDataset(coco, image_root, scales, cfg.data)
     source = FullImageBatchSource(
@@ -55,6 +55,9 @@ def train_full_image(
     if time_budget_s is not None:
         train_cfg = replace(cfg.train, time_budget_s=time_budget_s, lr_steps=[], lr_steps_iters=None)
         epochs, iterations = 10_000, None  # the budget ends the stage
+    if cfg.model.masks:
+        # whole-image targets carry no masks: the baseline is the box detector of the comparison
+        cfg = replace(cfg, model=replace(cfg.model, masks=False))
     model = build_model(cfg.model, num_classes=coco.num_classes).to(device)
     spec = StageSpec(stage_name, epochs=epochs, lr=cfg.train.lr, iterations=iterations)
     result = train_stage(model, source, spec, train_cfg, run_dir, device=device)

@@ -4,6 +4,11 @@ Generates the dataset, mines and draws chips, runs the whole SNIPER pipeline (RP
 proposals, negative chips, detector), runs pyramid inference on the val split, evaluates, trains
 a single-scale whole-image baseline with the same time budget, and writes ``OUT/report.html``
 and ``OUT/metrics.json``. Rerunning continues where a previous run stopped.
+
+``masks=True`` (``sniper demo --masks``) sets ``model.masks`` (both models get the Mask R-CNN
+branch and train it on the dataset's segmentations), evaluates mask AP (COCO ``segm``) beside box
+AP (``metrics.json``: ``sniper_mask`` / ``baseline_mask``) and puts it, with pictures of the
+predicted masks, in the report.
 """
 
 from __future__ import annotations
@@ -48,6 +53,23 @@ def _ap_row(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics.get(k) for k in keys} | {"per_class": metrics.get("per_class", {})}
 
 
+def mask_metrics(gt_json: Path, detections_json: Path, max_dets: Sequence[int]) -> dict[str, Any] | None:
+    """COCO mask AP (``segm``) of a prediction folder's detections, or None (with a printed note)
+    when the detections carry no ``segmentation`` (a box model) or the ground truth has none."""
+    from sniper.engine.evaluate import evaluate_detections
+    from sniper.errors import CocoFormatError
+
+    records = json.loads(Path(detections_json).read_text())
+    if records and not all("segmentation" in r for r in records):
+        print(f"note: {detections_json} has no segmentations (a box model): no mask AP")
+        return None
+    try:
+        return evaluate_detections(gt_json, records, max_dets=max_dets, iou_type="segm")
+    except CocoFormatError as e:
+        print(f"note: no mask AP: {e}")
+        return None
+
+
 @dataclass(frozen=True)
 class DemoResult:
     out: Path
@@ -79,8 +101,10 @@ def run_demo(
     fresh: bool = False,
     config: str | None = CONFIG,
     overrides: Sequence[str] = (),
+    masks: bool = False,
 ) -> DemoResult:
-    """The whole demo into ``out`` (see the module docstring); a rerun continues where one stopped."""
+    """The whole demo into ``out`` (see the module docstring); a rerun continues where one stopped.
+    ``masks``: with the Mask R-CNN branch (``model.masks=true``) and mask AP."""
     import shutil
 
     import torch
@@ -103,7 +127,8 @@ def run_demo(
     clock = _Clock()
     dev = pick_device(device)
 
-    cfg = load_config(config, [f"seed={seed}", *overrides])
+    cfg = load_config(config, [f"seed={seed}", *overrides, *(["model.masks=true"] if masks else [])])
+    masks = bool(cfg.model.masks)  # also when set by an override
     pretrained = _imagenet_weights_available()
     cfg.model.pretrained = pretrained
     weights_note = (
@@ -136,14 +161,19 @@ def run_demo(
     # 4. Multi-scale inference + evaluation on val.
     sniper_pred = out / "sniper_predict"
 
+    mask_results: dict[str, dict[str, Any] | None] = {}
+
     def predict_and_evaluate(name: str, weights: Path, out_dir: Path, *extra: str) -> dict[str, Any]:
-        """Prediction on the val split (once), then COCO AP of its detections."""
+        """Prediction on the val split (once), then COCO box AP (and mask AP) of its detections."""
         if not (out_dir / "detections.json").exists():
             clock.run(
                 name, predict_to_folder, weights, val_json, out_dir, image_root=image_root, overrides=extra,
                 device=dev.type, visualize=4,
             )  # fmt: skip
-        return evaluate_detections(val_json, out_dir / "detections.json", max_dets=max_dets_for(val_json)[0])
+        max_dets = max_dets_for(val_json)[0]
+        if masks:
+            mask_results[name] = mask_metrics(val_json, out_dir / "detections.json", max_dets)
+        return evaluate_detections(val_json, out_dir / "detections.json", max_dets=max_dets)
 
     sniper_metrics = predict_and_evaluate("sniper_inference", result.model_path, sniper_pred)
 
@@ -178,26 +208,36 @@ def run_demo(
         "weights": "imagenet" if pretrained else "random",
         "baseline_time_budget_s": round(train_budget, 1),
         "device": str(dev),
+        "masks": masks,
     }
+    sniper_mask, base_mask = mask_results.get("sniper_inference"), mask_results.get("baseline_inference")
+    if masks:
+        metrics["sniper_mask"] = None if sniper_mask is None else _ap_row(sniper_mask)
+        metrics["baseline_mask"] = None if base_mask is None else _ap_row(base_mask)
     atomic_write_json(out / "metrics.json", metrics)
     report = _write_report(out, cfg, metrics, sniper_metrics, base_metrics, weights_note, chips_dir, run_dir,
-                           base_dir, sniper_pred, base_pred)  # fmt: skip
+                           base_dir, sniper_pred, base_pred, sniper_mask, base_mask)  # fmt: skip
     _print_table(metrics)
     print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}")
     return DemoResult(out, report, metrics)
 
 
 def _print_table(metrics: dict[str, Any]) -> None:
-    print("\nmetric     SNIPER  baseline(800x1333)")
-    for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-        a, b = metrics["sniper"][k], metrics["baseline"][k]
-        fa = "  n/a" if a is None else f"{a:6.3f}"
-        fb = "  n/a" if b is None else f"{b:6.3f}"
-        print(f"{k:<9} {fa}  {fb}")
+    def cell(row: dict[str, Any] | None, k: str) -> str:
+        v = None if row is None else row.get(k)
+        return "   n/a" if v is None else f"{v:6.3f}"
+
+    rows = [("", "sniper", "baseline")]
+    if metrics.get("masks"):
+        rows.append(("mask ", "sniper_mask", "baseline_mask"))
+    print("\nmetric          SNIPER  baseline(800x1333)")
+    for prefix, a, b in rows:
+        for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            print(f"{prefix + k:<14} {cell(metrics.get(a), k)}  {cell(metrics.get(b), k)}")
 
 
 def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, base_dir, sniper_pred,
-                  base_pred) -> Path:  # fmt: skip
+                  base_pred, smask=None, bmask=None) -> Path:  # fmt: skip
     from sniper.viz.report import ReportData, write_report
 
     stats = json.loads((chips_dir / "stats.json").read_text())
@@ -208,6 +248,22 @@ def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, b
           "baseline 800x1333": {k: bm.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}}  # fmt: skip
     per_class = {"SNIPER": sm.get("per_class", {}), "baseline 800x1333": bm.get("per_class", {})}
     better = "SNIPER" if (sm.get("AP") or 0) >= (bm.get("AP") or 0) else "the baseline"
+    mask_ap, mask_per_class = _mask_tables(smask, bmask)
+    masks_note = mask_notes = pictured = ""
+    if metrics.get("masks"):
+        mask_notes = (
+            " Mask AP is COCO segm AP of the predicted masks (each detection's M x M mask pasted at its box, "
+            "threshold 0.5) against the ground-truth segmentations."
+            if mask_ap
+            else " Mask AP is missing: the detections or the ground truth have no segmentations."
+        )
+        pictured = " (boxes over predicted masks)"
+        masks_note = (
+            " Both models have a Mask R-CNN branch (model.masks): the detection pictures show the predicted "
+            "masks, and mask AP (COCO segm) is reported beside box AP"
+            + ("" if mask_ap else " (not available: see the notes)")
+            + "."
+        )
     data = ReportData(
         title="sniper demo: SNIPER vs single-scale training on the synthetic dataset",
         summary=(
@@ -215,7 +271,7 @@ def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, b
             "images, negative chip mining, detector training on positive + negative chips, 3-scale "
             "inference merged with Soft-NMS) against a detector with the same model and settings trained "
             "on whole images at a single scale (short side 800, long side at most 1333) for the same wall "
-            f"time. On this run {better} has the higher AP."
+            f"time. On this run {better} has the higher AP.{masks_note}"
         ),
         dataset="embedded synthetic dataset (sniper make-dataset): textured shapes, 8 px to half-image objects, "
         "unlabeled look-alike distractors, crowds, truncation",
@@ -233,12 +289,26 @@ def _write_report(out, cfg, metrics, sm, bm, weights_note, chips_dir, run_dir, b
         stage_parts={"sniper_training": {k: metrics["stage_seconds"][k] for k in metrics["pipeline_stages"]}},
         chip_images=[(p, p.stem.replace("_", " ")) for p in chip_pics],
         loss_curves=[(p, p.parent.parent.name + ": " + p.stem) for p in curves],
-        detections=[(p, p.parent.parent.name + ": " + p.stem) for p in dets],
+        detections=[(p, p.parent.parent.name + ": " + p.stem + pictured) for p in dets],
         ap=ap,
         per_class_ap=per_class,
+        mask_ap=mask_ap,
+        mask_per_class_ap=mask_per_class,
         notes=(
             "AP is COCO AP (pycocotools) on the val split. The baseline uses a constant learning rate after "
             "warm-up because its number of iterations is set by the time budget."
+            + mask_notes
         ),
     )
     return write_report(out, data)
+
+
+def _mask_tables(smask: dict[str, Any] | None, bmask: dict[str, Any] | None) -> tuple[dict, dict]:
+    """The report's mask AP table (method -> metric) and per-class table, for the models that have them."""
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    ap, per_class = {}, {}
+    for name, m in (("SNIPER", smask), ("baseline 800x1333", bmask)):
+        if m is not None:
+            ap[name] = {k: m.get(k) for k in keys}
+            per_class[name] = m.get("per_class", {})
+    return ap, per_class

@@ -1,11 +1,16 @@
-"""COCO box AP and proposal recall, with the numbers of pycocotools' ``COCOeval``.
+"""COCO box and mask AP and proposal recall, with the numbers of pycocotools' ``COCOeval``.
 
 Two entry points:
 
-- ``evaluate_detections(gt, dets)``: AP, AP50, AP75, APs, APm, APl, AR at each
+- ``evaluate_detections(gt, dets, iou_type="bbox")``: AP, AP50, AP75, APs, APm, APl, AR at each
   max-detections value, ARs/m/l and per-class AP by category name. With the default
   settings the numbers are exactly ``COCOeval.stats``. AP uses the last (largest)
-  max-detections value, as pycocotools does.
+  max-detections value, as pycocotools does. ``iou_type="segm"``: mask AP, IoU of the
+  results' ``segmentation`` (COCO compressed RLE of the image's size, as ``sniper predict``
+  writes) against the GT's (polygons, uncompressed or compressed RLE, converted by pycocotools'
+  own ``annToRLE``): ``COCOeval(gt, dt, "segm")`` on the results WITHOUT their ``bbox`` (the
+  COCO format of segmentation results, as Detectron2 evaluates), so a result's area (for the
+  size ranges) is its mask's area, not its box's.
 - ``evaluate_proposals(gt, proposals)``: class-agnostic recall as in Table 1 of the
   paper: AR (averaged over IoU 0.5:0.05:0.95), AR50, AR75 and AR per box size,
   by sqrt(area) 0-25, 25-50, 50-100, 100-200, 200-300 px, at N proposals per image
@@ -27,9 +32,9 @@ pycocotools reports -1, here it is ``None`` (JSON null); the raw numbers (-1 inc
 are kept under ``stats``.
 
 ``gt`` is a COCO annotation file (path) or its dict; ``dets`` is a COCO results file
-(path) or its list ``[{image_id, category_id, bbox: [x, y, w, h], score}]``. Inputs
-are validated first; problems raise ``CocoFormatError`` naming the record. Inputs are
-never modified.
+(path) or its list ``[{image_id, category_id, bbox: [x, y, w, h], score}]`` (with
+``segmentation`` for ``segm``; ``bbox`` is then optional and unused). Inputs are validated
+first; problems raise ``CocoFormatError`` naming the record. Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from sniper.io import read_json
 __all__ = [
     "BACKENDS",
     "COCO_AREA_RANGES",
+    "IOU_TYPES",
     "PROPOSAL_AREA_RANGES",
     "evaluate_detections",
     "evaluate_proposals",
@@ -80,6 +86,8 @@ PROPOSAL_AREA_RANGES: dict[str, tuple[float, float]] = {
     "200-300": (200, 300),
 }
 _SHORT = {"small": "s", "medium": "m", "large": "l"}
+# What a detection's IoU is computed on: its box, or its mask (``segmentation``).
+IOU_TYPES = ("bbox", "segm")
 
 PathOrDict = str | os.PathLike[str] | Mapping[str, Any]
 PathOrList = str | os.PathLike[str] | Sequence[Mapping[str, Any]]
@@ -100,6 +108,51 @@ def _bbox_problem(bbox: Any) -> str | None:
     return None
 
 
+def _check_iou_type(iou_type: str) -> str:
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {', '.join(IOU_TYPES)}, got {iou_type!r}")
+    return iou_type
+
+
+def _segmentation_problem(seg: Any, height: int, width: int, *, results: bool = False) -> str | None:
+    """Why pycocotools cannot read ``seg`` on a ``height x width`` image (structure only: no
+    decoding), or None. GT: polygons (a non-empty list of flat ``[x, y, ...]`` lists of at least
+    3 points), uncompressed RLE (``counts`` a list of ints) or compressed RLE (``counts`` a str);
+    results: compressed RLE only (pycocotools' ``loadRes`` takes nothing else)."""
+    if isinstance(seg, list) and not results:
+        if not seg:
+            return "segmentation is an empty list of polygons"
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list | tuple) or not all(_is_number(v) for v in poly):
+                return f"segmentation polygon {k} must be a list of finite numbers"
+            if len(poly) < 6 or len(poly) % 2:
+                return f"segmentation polygon {k} must have an even number (>= 6) of coordinates, got {len(poly)}"
+        return None
+    if not isinstance(seg, Mapping):
+        want = "a COCO RLE {size: [h, w], counts: str}" if results else "polygons or a COCO RLE"
+        return f"segmentation must be {want}, got {type(seg).__name__}"
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list | tuple) and len(size) == 2 and all(type(v) is int for v in size)):
+        return f"segmentation RLE needs 'size' [h, w] (two ints), got {size!r:.60}"
+    if (size[0], size[1]) != (height, width):
+        return f"segmentation RLE size {list(size)} ([h, w]) is not the image's [{height}, {width}]"
+    if isinstance(counts, str | bytes):
+        return None
+    if not results and isinstance(counts, list) and all(type(v) is int and v >= 0 for v in counts):
+        if sum(counts) != height * width:
+            return f"uncompressed RLE counts sum to {sum(counts)}, not h * w = {height * width}"
+        return None
+    kind = "a str (compressed RLE)" if results else "a str (compressed RLE) or a list of ints"
+    return f"segmentation RLE 'counts' must be {kind}, got {type(counts).__name__}"
+
+
+def _image_size(img: Mapping[str, Any]) -> tuple[int, int] | None:
+    h, w = img.get("height"), img.get("width")
+    if type(h) is int and type(w) is int and h > 0 and w > 0:
+        return h, w
+    return None
+
+
 def _unique_ids(records: list, key: str, what: str, where: str) -> set:
     """The ``id`` of every record; an error naming the record when one is missing or repeated."""
     ids: set = set()
@@ -112,8 +165,11 @@ def _unique_ids(records: list, key: str, what: str, where: str) -> set:
     return ids
 
 
-def load_ground_truth(gt: PathOrDict) -> dict[str, Any]:
-    """A validated deep copy of a COCO annotation dict (``area``/``iscrowd`` filled in if missing)."""
+def load_ground_truth(gt: PathOrDict, iou_type: str = "bbox") -> dict[str, Any]:
+    """A validated deep copy of a COCO annotation dict (``area``/``iscrowd`` filled in if missing).
+    ``iou_type="segm"`` also requires every image's ``height``/``width`` and every annotation's
+    ``segmentation`` in a form pycocotools reads."""
+    _check_iou_type(iou_type)
     where = str(gt) if not isinstance(gt, Mapping) else "ground truth"
     data = read_json(gt) if not isinstance(gt, Mapping) else gt
     if not isinstance(data, Mapping):
@@ -124,6 +180,16 @@ def load_ground_truth(gt: PathOrDict) -> dict[str, Any]:
     data = copy.deepcopy(dict(data)) if isinstance(gt, Mapping) else data  # a file's dict is ours already
     image_ids = _unique_ids(data["images"], "images", "image", where)
     cat_ids = _unique_ids(data["categories"], "categories", "category", where)
+    sizes: dict[Any, tuple[int, int]] = {}
+    if iou_type == "segm":
+        for i, img in enumerate(data["images"]):
+            size = _image_size(img)
+            if size is None:
+                raise CocoFormatError(
+                    f"{where}: images[{i}] (id {img['id']!r}): mask evaluation needs its 'height' and "
+                    f"'width' (positive ints), got {img.get('height')!r} x {img.get('width')!r}"
+                )
+            sizes[img["id"]] = size
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         rec = f"{where}: annotations[{i}]" + (
@@ -151,13 +217,26 @@ def load_ground_truth(gt: PathOrDict) -> dict[str, Any]:
         ann.setdefault("iscrowd", 0)
         if ann["iscrowd"] not in (0, 1):  # a flag; backends would read other values differently
             raise CocoFormatError(f"{rec}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+        if iou_type == "segm":
+            if "segmentation" not in ann:
+                raise CocoFormatError(f"{rec}: mask evaluation needs a 'segmentation'")
+            problem = _segmentation_problem(ann["segmentation"], *sizes[ann["image_id"]])
+            if problem:
+                raise CocoFormatError(f"{rec}: {problem}")
     return data
 
 
 def load_results(
-    dets: PathOrList, gt: Mapping[str, Any], *, check_categories: bool = True
+    dets: PathOrList, gt: Mapping[str, Any], *, check_categories: bool = True, iou_type: str = "bbox"
 ) -> list[dict[str, Any]]:
-    """Validated copies of COCO results against the ground truth ``gt`` (from ``load_ground_truth``)."""
+    """Validated copies of COCO results against the ground truth ``gt`` (from ``load_ground_truth``).
+
+    ``iou_type="bbox"``: ``{image_id, category_id, bbox, score}`` (any ``segmentation`` left out);
+    ``"segm"``: ``{image_id, category_id, segmentation, score}``, the segmentation a compressed
+    RLE of the image's ``[height, width]`` (``counts`` as a str); ``bbox`` is not needed and left
+    out (pycocotools then takes area and box from the mask)."""
+    _check_iou_type(iou_type)
+    segm = iou_type == "segm"
     where = str(dets) if isinstance(dets, str | os.PathLike) else "detections"
     data = read_json(dets) if isinstance(dets, str | os.PathLike) else dets
     if not isinstance(data, list | tuple):
@@ -165,6 +244,7 @@ def load_results(
             f"{where}: expected a JSON list of results [{{image_id, category_id, bbox, score}}]"
         )
     image_ids = {img["id"] for img in gt["images"]}
+    sizes = {img["id"]: _image_size(img) for img in gt["images"]} if segm else {}
     cat_ids = {c["id"] for c in gt["categories"]}
     # Without categories (proposals) every result gets one the GT has: COCOeval with
     # useCats=0 pools the GT categories and silently drops results of any other category.
@@ -172,31 +252,44 @@ def load_results(
     out = []
     unknown_images: dict[Any, int] = {}
     unknown_cats: dict[Any, int] = {}
-    required = ("image_id", "bbox", "score") + (("category_id",) if check_categories else ())
+    required = ("image_id", "segmentation" if segm else "bbox", "score")
+    required += ("category_id",) if check_categories else ()
     for i, d in enumerate(data):
         rec = f"{where}: result {i}"
         if not isinstance(d, Mapping):
             raise CocoFormatError(f"{rec}: not an object")
         for key in required:
             if key not in d:
-                raise CocoFormatError(f"{rec}: missing '{key}'")
-        problem = _bbox_problem(d["bbox"])
+                hint = " (mask evaluation needs a mask model's results)" if key == "segmentation" else ""
+                raise CocoFormatError(f"{rec}: missing '{key}'{hint}")
+        problem = _bbox_problem(d["bbox"]) if not segm or "bbox" in d else None
         if problem:
             raise CocoFormatError(f"{rec}: {problem}")
         if not _is_number(d["score"]):
             raise CocoFormatError(f"{rec}: score must be a finite number, got {d['score']!r}")
         if d["image_id"] not in image_ids:
             unknown_images.setdefault(d["image_id"], i)
+        elif segm:
+            problem = _segmentation_problem(d["segmentation"], *sizes[d["image_id"]], results=True)
+            if problem:
+                raise CocoFormatError(f"{rec}: {problem}")
         if check_categories and d["category_id"] not in cat_ids:
             unknown_cats.setdefault(d["category_id"], i)
-        out.append(
-            {
-                "image_id": d["image_id"],
-                "category_id": d["category_id"] if check_categories else any_cat,
-                "bbox": [float(v) for v in d["bbox"]],
-                "score": float(d["score"]),
+        r: dict[str, Any] = {
+            "image_id": d["image_id"],
+            "category_id": d["category_id"] if check_categories else any_cat,
+        }
+        if segm:
+            seg = d["segmentation"]
+            counts = seg["counts"]
+            r["segmentation"] = {
+                "size": [int(seg["size"][0]), int(seg["size"][1])],
+                "counts": counts.decode("ascii") if isinstance(counts, bytes) else str(counts),
             }
-        )
+        else:
+            r["bbox"] = [float(v) for v in d["bbox"]]
+        r["score"] = float(d["score"])
+        out.append(r)
     if unknown_images:
         listed = ", ".join(f"{k!r} (result {i})" for k, i in list(unknown_images.items())[:5])
         more = f" and {len(unknown_images) - 5} more" if len(unknown_images) > 5 else ""
@@ -285,21 +378,22 @@ def _run_cocoeval(
     max_dets: Sequence[int],
     area_ranges: Mapping[str, tuple[float, float]],
     backend: str = "auto",
+    iou_type: str = "bbox",
 ) -> _Accumulated:
     """COCOeval's evaluate() + accumulate() on the chosen backend, quietly."""
-    kw = {"use_cats": use_cats, "max_dets": max_dets, "area_ranges": area_ranges}
+    kw = {"use_cats": use_cats, "max_dets": max_dets, "area_ranges": area_ranges, "iou_type": iou_type}
     if resolve_backend(backend) == "faster-coco-eval":
         return _run_faster_coco_eval(gt, results, **kw)
     return _run_pycocotools(gt, results, **kw)
 
 
-def _run_pycocotools(gt, results, *, use_cats, max_dets, area_ranges) -> _Accumulated:
+def _run_pycocotools(gt, results, *, use_cats, max_dets, area_ranges, iou_type="bbox") -> _Accumulated:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt, coco_dt = _coco_pair(COCO, gt, results)
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         _set_params(ev.params, use_cats=use_cats, max_dets=max_dets, area_ranges=area_ranges)
         ev.evaluate()
         ev.accumulate()
@@ -327,7 +421,7 @@ def _quiet(*_args: Any, **_kwargs: Any) -> None:
 
 
 def _with_integer_ids(
-    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str = "bbox"
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any]]:
     """``gt`` and ``results`` with image and category ids replaced by their rank.
 
@@ -335,8 +429,10 @@ def _with_integer_ids(
     tables by int64), COCO allows any. Ranks keep the sorted order COCOeval evaluates in,
     which breaks score ties, so results are unchanged. GT annotation ids become 1..N except
     0 stays 0: pycocotools stores the matched GT id and reads 0 as "not matched".
-    Also returns the category ids in rank order.
+    For ``segm`` the segmentations and the images' height and width come along; results then
+    have no ``bbox``. Also returns the category ids in rank order.
     """
+    segm = iou_type == "segm"
     img_rank = {v: r for r, v in enumerate(sorted(img["id"] for img in gt["images"]))}
     cat_ids = sorted(c["id"] for c in gt["categories"])
     cat_rank = {v: r for r, v in enumerate(cat_ids)}
@@ -348,35 +444,41 @@ def _with_integer_ids(
             "bbox": a["bbox"],
             "area": a["area"],
             "iscrowd": int(a["iscrowd"]),
+            **({"segmentation": a["segmentation"]} if segm else {}),
         }
         for n, a in enumerate(gt["annotations"])
     ]
+    geometry = "segmentation" if segm else "bbox"
     dets = [
         {
             "image_id": img_rank[d["image_id"]],
             "category_id": cat_rank.get(d["category_id"], -1),  # -1: no categories, nothing to match
-            "bbox": d["bbox"],
+            geometry: d[geometry],
             "score": d["score"],
         }
         for d in results
     ]
+    images = sorted(gt["images"], key=lambda img: img_rank[img["id"]])
     dataset = {
-        "images": [{"id": r} for r in range(len(img_rank))],
+        "images": [
+            {"id": r, **({"height": img["height"], "width": img["width"]} if segm else {})}
+            for r, img in enumerate(images)
+        ],
         "annotations": anns,
         "categories": [{"id": r} for r in range(len(cat_ids))],
     }
     return dataset, dets, cat_ids
 
 
-def _run_faster_coco_eval(gt, results, *, use_cats, max_dets, area_ranges) -> _Accumulated:
+def _run_faster_coco_eval(gt, results, *, use_cats, max_dets, area_ranges, iou_type="bbox") -> _Accumulated:
     from faster_coco_eval import COCO, COCOeval_faster
 
-    dataset, dets, cat_ids = _with_integer_ids(gt, results)
+    dataset, dets, cat_ids = _with_integer_ids(gt, results, iou_type)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # pycocotools gives annotation id 0 the same (odd) meaning without a word; keep it quiet
         warnings.filterwarnings("ignore", message="Found annotation id 0")
         coco_gt, coco_dt = _coco_pair(COCO, dataset, dets)
-        ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=_quiet, separate_eval=True)
+        ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, print_function=_quiet, separate_eval=True)
         _set_params(ev.params, use_cats=use_cats, max_dets=max_dets, area_ranges=area_ranges)
         ev.evaluate()  # IoUs and matching; separate_eval keeps the per-image results
     p = ev.params
@@ -513,22 +615,32 @@ def evaluate_detections(
     area_ranges: Mapping[str, tuple[float, float]] | None = None,
     per_class: bool = True,
     backend: str = "auto",
+    iou_type: str = "bbox",
 ) -> dict[str, Any]:
-    """COCO box AP of ``dets`` against ``gt`` (see the module docstring).
+    """COCO box AP (``iou_type="bbox"``) or mask AP (``"segm"``) of ``dets`` against ``gt`` (see
+    the module docstring).
 
     Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR@<m>" for each max-dets value,
     "ARs", "ARm", "ARl", "per_class": {category name: AP}, "stats": [...], ...}``: fractions in
     [0, 1], ``None`` where undefined. Custom ``area_ranges`` (name -> (lo, hi) sqrt-area px)
     give keys ``AP_<name>``/``AR_<name>`` (``small``/``medium``/``large`` keep ``APs``...).
     ``stats`` holds the raw numbers in pycocotools' ``COCOeval.stats`` order (-1 undefined).
-    ``backend`` is one of ``BACKENDS``; ``"backend"`` in the result says which one ran.
+    ``backend`` is one of ``BACKENDS``; ``"backend"`` in the result says which one ran, and
+    ``"iou_type"`` what was evaluated.
     """
+    _check_iou_type(iou_type)
     max_dets = _check_max_dets(max_dets)
     area_ranges = dict(COCO_AREA_RANGES if area_ranges is None else area_ranges)
-    gt_data = load_ground_truth(gt)
-    results = load_results(dets, gt_data)
+    gt_data = load_ground_truth(gt, iou_type)
+    results = load_results(dets, gt_data, iou_type=iou_type)
     ev = _run_cocoeval(
-        gt_data, results, use_cats=True, max_dets=max_dets, area_ranges=area_ranges, backend=backend
+        gt_data,
+        results,
+        use_cats=True,
+        max_dets=max_dets,
+        area_ranges=area_ranges,
+        backend=backend,
+        iou_type=iou_type,
     )
     top = max_dets[-1]
     stats = [
@@ -555,6 +667,7 @@ def evaluate_detections(
         num_images=len(gt_data["images"]),
         num_detections=len(results),
         backend=ev.backend,
+        iou_type=iou_type,
     )
     return metrics
 
@@ -646,7 +759,8 @@ def format_detection_table(m: Mapping[str, Any]) -> str:
     rows += [(f"AR@{k}", "0.50:0.95", "all", k) for k in m["max_dets"]]
     rows += [(_area_key("AR", a), "0.50:0.95", a, top) for a in areas]
     lines = [
-        f"COCO box evaluation: {m['num_images']} images, {m['num_detections']} detections" + _backend_note(m),
+        f"COCO {'mask' if m.get('iou_type') == 'segm' else 'box'} evaluation: {m['num_images']} images, "
+        f"{m['num_detections']} detections" + _backend_note(m),
         f"{'metric':<12} {'IoU':<10} {'area':<16} {'maxDets':>7} {'value':>6}",
     ]
     for key, iou, area, k in rows:

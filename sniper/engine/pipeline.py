@@ -149,13 +149,23 @@ def _categories(coco: Any) -> list[dict]:
 
 
 def _chip_source(
-    coco, table, image_root: Path, cfg: Config, dist_info: DistInfo, negatives: bool, proposals=None, stats=None
+    coco,
+    table,
+    image_root: Path,
+    cfg: Config,
+    dist_info: DistInfo,
+    negatives: bool,
+    proposals=None,
+    stats=None,
+    rpn_only: bool = False,
 ):
     from sniper.data.chip_dataset import ChipBatchSource, ChipDataset
     from sniper.data.epoch_chips import EpochChips
     from sniper.data.epoch_plan import ChipBatchSampler
 
-    dataset = ChipDataset(coco, table, image_root, cfg.chips, cfg.data)
+    # with model.masks the chips carry box-local masks (sniper.data.masks), except for the RPN stage
+    masks = cfg.model.mask_target_size if cfg.model.masks and not rpn_only else None
+    dataset = ChipDataset(coco, table, image_root, cfg.chips, cfg.data, masks=masks)
     workers = cfg.data.num_workers
     tables = None
     if cfg.chips.regenerate:
@@ -336,7 +346,8 @@ def run_pipeline(
             save_config(cfg, saved)
         barrier(dist_info)
 
-        coco = load_coco(annotations)
+        # segmentations are read (and kept) only when the model trains masks
+        coco = load_coco(annotations, image_root=image_root, masks=cfg.model.masks)
         if dist_info.is_main and coco.report.counts:
             print(coco.report.format())
         categories = _categories(coco)
@@ -360,7 +371,9 @@ def run_pipeline(
 
         def train_rpn() -> dict:
             model = _build(cfg, coco.num_classes, dev, dist_info)
-            source = _chip_source(coco, pos_table, image_root, cfg, dist_info, negatives=False, stats=stats)
+            source = _chip_source(
+                coco, pos_table, image_root, cfg, dist_info, negatives=False, stats=stats, rpn_only=True
+            )
             result = _train(
                 "rpn", model, source, cfg, run_dir, dev, dist_info, resume, True, interrupt_after=interrupt_after
             )

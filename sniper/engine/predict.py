@@ -12,6 +12,17 @@ neither take the slots nor suppress in-range ones); a scale keeps only detection
 at most ``max_detections`` per image. A model without ``supports_raw_detections`` (any other
 detector following the model contract) is called plainly and its output taken as it comes.
 
+Masks. A model with ``has_masks`` (``model.masks``) computes masks for its final detections only,
+so it cannot return raw detections: it is called with ``valid_ranges`` instead, each pass's valid
+range in its own input px (the scale's range times the input px per original px, widened by a
+relative 1e-4 against rounding), which drops out-of-range candidates BEFORE the head's per-class
+NMS and top-k, as the raw path does; the exact original-px range filter then runs as for boxes.
+Masks travel with their boxes through the window mapping, the range filter and the merge
+(Soft-NMS only rescores). Each final detection's ``M x M`` probabilities (over its box) are
+pasted into the ORIGINAL image at its box (:func:`paste_box_mask`: bilinear, threshold 0.5, only
+the pixels of the box) and encoded as COCO RLE one detection at a time, straight from the box
+patch (:func:`sniper.data.masks.rle_from_patch`), never as an image-sized array per detection.
+
 Tiling. An image whose scaled size exceeds ``max_pixels_per_pass`` pixels is run as a grid of
 overlapping windows (the same window size for all, one batch of windows at a time, each window
 cropped from the original and resized on its own, so memory is bounded by one batch). Every
@@ -60,6 +71,7 @@ __all__ = [
     "detections_to_coco",
     "iter_loaded",
     "list_source",
+    "paste_box_mask",
     "plan_windows",
     "predict_proposals",
     "proposals_to_coco",
@@ -68,6 +80,10 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # The padded batch is a multiple of the backbone's largest stride, so feature maps line up.
 SIZE_DIVISIBILITY = 32
+# A mask model's valid range in input px is widened by this (relative) so that rounding never drops
+# a candidate the exact original-px filter would keep; that filter runs afterwards.
+RANGE_SLACK = 1e-4
+MASK_THRESHOLD = 0.5
 
 
 # ------------------------------------------------------------------------------- results
@@ -75,12 +91,19 @@ SIZE_DIVISIBILITY = 32
 
 @dataclass(frozen=True)
 class Detections:
-    """Final detections of one image, ORIGINAL pixels, by decreasing score."""
+    """Final detections of one image, ORIGINAL pixels, by decreasing score.
+
+    A mask model adds, per detection, ``masks``: the model's ``M x M`` probabilities over its box
+    (pixel (r, c) at ``(x1 + (c + 0.5) * w / M, y1 + (r + 0.5) * h / M)``), and
+    ``segmentations``: its mask in the original image (:func:`paste_box_mask`, threshold 0.5) as
+    COCO compressed RLE ``{"size": [H, W], "counts": str}``. Both are None for a box model."""
 
     boxes: np.ndarray  # (K, 4) float32 xyxy
     scores: np.ndarray  # (K,) float32
     labels: np.ndarray  # (K,) int64, model labels 1..C
     category_ids: np.ndarray  # (K,) int64, the dataset's own category ids
+    masks: np.ndarray | None = None  # (K, M, M) float32 probabilities over each box
+    segmentations: list[dict] | None = None  # K COCO RLEs of the original image's size
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -114,13 +137,78 @@ def _xywh_records(
 
 
 def detections_to_coco(image_id: int, dets: Detections) -> list[dict]:
-    """COCO results records (``bbox`` xywh rounded to 0.01 px, the dataset's category ids)."""
-    return _xywh_records(image_id, dets.boxes, dets.scores, dets.category_ids)
+    """COCO results records (``bbox`` xywh rounded to 0.01 px, the dataset's category ids), with
+    ``segmentation`` (COCO RLE, ``counts`` a str) for a mask model's detections."""
+    records = _xywh_records(image_id, dets.boxes, dets.scores, dets.category_ids)
+    if dets.segmentations is not None:
+        for rec, seg in zip(records, dets.segmentations):
+            rec["segmentation"] = seg
+    return records
 
 
 def proposals_to_coco(image_id: int, props: Proposals) -> list[dict]:
     """COCO results records with ``category_id`` 1 and ``score`` = objectness."""
     return _xywh_records(image_id, props.boxes, props.scores, [1] * len(props))
+
+
+# ------------------------------------------------------------------------------- masks
+
+
+def _bilinear_weights(u: np.ndarray, n: int) -> np.ndarray:
+    """``[len(u), n]`` weights that read a length-``n`` signal at the continuous coordinates ``u``
+    (sample ``j`` at ``j``) by linear interpolation, zero beyond both ends (so values fall to 0
+    half a sample outside, as ``grid_sample`` with zero padding)."""
+    i0 = np.floor(u).astype(np.int64)
+    t = (u - i0).astype(np.float32)
+    w = np.zeros((len(u), n), dtype=np.float32)
+    rows = np.arange(len(u))
+    for idx, wt in ((i0, 1.0 - t), (i0 + 1, t)):
+        ok = (idx >= 0) & (idx < n)
+        w[rows[ok], idx[ok]] = wt[ok]
+    return w
+
+
+def paste_box_mask(
+    mask: np.ndarray | torch.Tensor,
+    box: Sequence[float],
+    width: int,
+    height: int,
+    threshold: float = MASK_THRESHOLD,
+) -> tuple[int, int, np.ndarray]:
+    """A box-local probability mask pasted into a ``width x height`` image: ``(x0, y0, patch)``,
+    ``patch`` bool ``(h, w)`` being image pixels ``[y0, y0 + h) x [x0, x0 + w)``; all else is 0.
+
+    ``mask`` is ``(mh, mw)`` probabilities over ``box`` = (x1, y1, x2, y2) image px, pixel (r, c)
+    at the point ``(x1 + (c + 0.5) * bw / mw, y1 + (r + 0.5) * bh / mh)``. It is read bilinearly
+    at the centre of every image pixel whose centre lies in the box (and the image), with zero
+    beyond the mask's border pixels (Detectron2's ``paste_masks_in_image`` with ``grid_sample``),
+    and thresholded (``>= threshold``). Separable: two small matrix products over the box only.
+    """
+    m = mask.detach().float().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    m = m.reshape(m.shape[-2:]).astype(np.float32, copy=False)
+    mh, mw = m.shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    empty = (0, 0, np.zeros((0, 0), dtype=bool))
+    if not (math.isfinite(x1 + x2 + y1 + y2) and x2 > x1 and y2 > y1):
+        return empty
+    c0, c1 = max(0, math.ceil(x1 - 0.5)), min(int(width), math.floor(x2 - 0.5) + 1)
+    r0, r1 = max(0, math.ceil(y1 - 0.5)), min(int(height), math.floor(y2 - 0.5) + 1)
+    if c1 <= c0 or r1 <= r0:  # no pixel centre of the image inside the box
+        return empty
+    wx = _bilinear_weights((np.arange(c0, c1) + 0.5 - x1) * (mw / (x2 - x1)) - 0.5, mw)
+    wy = _bilinear_weights((np.arange(r0, r1) + 0.5 - y1) * (mh / (y2 - y1)) - 0.5, mh)
+    return c0, r0, (wy @ m @ wx.T) >= threshold
+
+
+def _encode_masks(masks: np.ndarray, boxes: np.ndarray, width: int, height: int) -> list[dict]:
+    """COCO RLEs of box-local masks pasted at ``boxes`` into a ``width x height`` image, one at a time."""
+    from sniper.data.masks import rle_from_patch
+
+    out = []
+    for m, box in zip(masks, boxes):
+        x0, y0, patch = paste_box_mask(m, box, width, height)
+        out.append(rle_from_patch(patch, x0, y0, width, height))
+    return out
 
 
 # ------------------------------------------------------------------------------- windows
@@ -294,8 +382,18 @@ def _pad_batch(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[in
 
 # ------------------------------------------------------------------------------- predictor
 
-# Per pass: model input batch + image_sizes -> per image (boxes, scores, labels) in input px.
-_Call = Callable[[torch.Tensor, list[tuple[int, int]]], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+# Per pass: model input batch + image_sizes + valid ranges (input px) -> per image (boxes, scores,
+# labels, masks or None) in input px.
+_Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+_Call = Callable[[torch.Tensor, list[tuple[int, int]], list[tuple[float, float]]], list[_Out]]
+
+
+def _cat_masks(masks: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Concatenated ``[N, 1, M, M]`` masks; parts without rows may have any M."""
+    full = [m for m in masks if len(m)]
+    if full:
+        return torch.cat(full)
+    return masks[0] if masks else torch.zeros((0, 1, 1, 1), device=device)
 
 
 @dataclass
@@ -305,6 +403,7 @@ class _Found:
     boxes: list[torch.Tensor] = field(default_factory=list)
     scores: list[torch.Tensor] = field(default_factory=list)
     labels: list[torch.Tensor] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)  # mask models only
 
     def cat(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.boxes:
@@ -351,6 +450,8 @@ class Predictor:
             raise ValueError("infer.scales is empty")
         self.merge = build_merge(infer_cfg)
         self._category_ids = torch.tensor([int(c["id"]) for c in self.categories], dtype=torch.int64)
+        # the mask branch: called with valid_ranges (no raw detections), masks pasted and encoded
+        self.masks = bool(getattr(self.model, "has_masks", False))
 
     # -------------------------------------------------------------- public
 
@@ -361,7 +462,7 @@ class Predictor:
         found = self._pyramid(ims, self.cfg.scales, self._detect)
         out = []
         for im, per_scale in zip(ims, found):
-            parts = []
+            parts, mask_parts = [], []
             for scale, f in zip(self.cfg.scales, per_scale):
                 boxes, scores, labels = f.cat(self.device)
                 boxes = self._to_original(boxes, im)
@@ -370,14 +471,17 @@ class Predictor:
                 if top is not None and len(keep) > top:  # the best in range (ties: earlier first)
                     keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices[:top]]
                 parts.append((boxes[keep], scores[keep], labels[keep]))
-            merged = self.merge(
-                {
-                    "boxes": torch.cat([p[0] for p in parts]),
-                    "scores": torch.cat([p[1] for p in parts]),
-                    "labels": torch.cat([p[2] for p in parts]),
-                }
-            )
-            out.append(self._detections(merged))
+                if self.masks:
+                    mask_parts.append(_cat_masks(f.masks, self.device)[keep.to(self.device)])
+            dets = {
+                "boxes": torch.cat([p[0] for p in parts]),
+                "scores": torch.cat([p[1] for p in parts]),
+                "labels": torch.cat([p[2] for p in parts]),
+            }
+            if self.masks:  # travel by index with their boxes through the merge
+                dets["masks"] = _cat_masks(mask_parts, self.device)
+            merged = self.merge(dets)
+            out.append(self._detections(merged, im))
         return out
 
     @torch.inference_mode()
@@ -401,16 +505,27 @@ class Predictor:
 
     # -------------------------------------------------------------- internals
 
-    def _detect(self, batch: torch.Tensor, sizes: list[tuple[int, int]]):
+    def _detect(self, batch: torch.Tensor, sizes: list[tuple[int, int]], ranges: list[tuple[float, float]]):
+        if self.masks:  # masks of the final detections only: the range filter goes before NMS / top-k
+            outs = self.model(batch, image_sizes=sizes, valid_ranges=ranges)
+            return [(o["boxes"], o["scores"], o["labels"], o["masks"]) for o in outs]
         if getattr(self.model, "supports_raw_detections", False):  # no NMS / top-k before the range filter
             outs = self.model(batch, image_sizes=sizes, raw_detections=True)
         else:
             outs = self.model(batch, image_sizes=sizes)
-        return [(o["boxes"], o["scores"], o["labels"]) for o in outs]
+        return [(o["boxes"], o["scores"], o["labels"], None) for o in outs]
 
-    def _propose(self, batch: torch.Tensor, sizes: list[tuple[int, int]]):
+    def _propose(self, batch: torch.Tensor, sizes: list[tuple[int, int]], ranges: list[tuple[float, float]]):
         outs = self.model.proposals(batch, sizes)
-        return [(b, s, torch.ones(len(s), dtype=torch.int64, device=s.device)) for b, s in outs]
+        return [(b, s, torch.ones(len(s), dtype=torch.int64, device=s.device), None) for b, s in outs]
+
+    @staticmethod
+    def _input_range(scale: Scale, im: _Image, win: Window) -> tuple[float, float]:
+        """The scale's valid range (sqrt-area, original px) in the window's input px, slightly wider."""
+        fx, fy = win.factors
+        g = math.sqrt(fx * im.sx * fy * im.sy)  # input px per original px, as sqrt of area
+        lo, hi = scale.lo * g * (1 - RANGE_SLACK), scale.hi * g * (1 + RANGE_SLACK)
+        return float(lo), float(hi)
 
     def _overlap(self, scale: Scale, factor: float) -> float:
         """Tile overlap in input px: the configured one, raised to the largest valid object."""
@@ -436,12 +551,15 @@ class Predictor:
             for b in range(0, len(passes), self.batch_size):
                 chunk = passes[b : b + self.batch_size]
                 batch, sizes = _pad_batch([self._input(ims[i], win) for i, win in chunk])
-                for (i, win), (boxes, scores, labels) in zip(chunk, call(batch, sizes)):
+                ranges = [self._input_range(scale, ims[i], win) for i, win in chunk]
+                for (i, win), (boxes, scores, labels, masks) in zip(chunk, call(batch, sizes, ranges)):
                     boxes = win.to_image(boxes.float())
                     keep = win.keep(boxes)
                     found[i][s].boxes.append(boxes[keep])
                     found[i][s].scores.append(scores[keep].float())
                     found[i][s].labels.append(labels[keep].long())
+                    if masks is not None:
+                        found[i][s].masks.append(masks[keep].float())
         return found
 
     def _input(self, im: _Image, win: Window) -> torch.Tensor:
@@ -470,17 +588,25 @@ class Predictor:
             1,
         )
 
-    def _detections(self, merged: dict[str, torch.Tensor]) -> Detections:
+    def _detections(self, merged: dict[str, torch.Tensor], im: _Image) -> Detections:
         labels = merged["labels"].long().cpu()
         if len(labels) and (int(labels.min()) < 1 or int(labels.max()) > len(self.categories)):
             raise SniperError(
                 f"model label out of range 1..{len(self.categories)}: {sorted(set(labels.tolist()))[:10]}"
             )
+        boxes = merged["boxes"].float().cpu().numpy()
+        masks = segmentations = None
+        if "masks" in merged:
+            m = merged["masks"].float().cpu()
+            masks = m.reshape(len(m), *m.shape[-2:]).numpy()
+            segmentations = _encode_masks(masks, boxes, *im.original_size)
         return Detections(
-            boxes=merged["boxes"].float().cpu().numpy(),
+            boxes=boxes,
             scores=merged["scores"].float().cpu().numpy(),
             labels=labels.numpy(),
             category_ids=self._category_ids[labels - 1].numpy() if len(labels) else np.zeros(0, np.int64),
+            masks=masks,
+            segmentations=segmentations,
         )
 
 
@@ -550,7 +676,7 @@ def list_source(source: str | os.PathLike[str], image_root: str | os.PathLike[st
             raise SniperError(f"{src}: a COCO JSON source needs --images IMAGE_ROOT")
         if not Path(image_root).is_dir():
             raise NotADirectoryError(f"{image_root}: image root is not a folder")
-        dataset = load_coco(src)
+        dataset = load_coco(src, image_root=image_root)
         return coco_items(dataset, image_root), "coco", dataset
     if src.suffix.lower() in IMAGE_EXTENSIONS:
         return [ImageItem(1, src.name, path=src)], "image", None

@@ -4,7 +4,8 @@
 image, a folder or a COCO set and writes ``OUT/detections.json`` (or ``OUT/proposals.json``)
 as COCO results with the dataset's own category ids, ``OUT/images.json`` (id -> file, for
 image and folder sources), ``OUT/summary.json`` (counts, speed, skipped images) and, with
-``visualize``, pictures in ``OUT/vis/``.
+``visualize``, pictures in ``OUT/vis/``. A mask model's detections also carry ``segmentation``
+(COCO RLE of the image's size, ``counts`` a str), and its pictures show the masks.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ class PredictSummary:
     result_file: Path
     skipped: list[dict] = field(default_factory=list)
     listed: int = 0  # images in the source
+    masks: bool = False  # detections carry segmentations (a mask model)
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "kind": self.kind,
             "mode": self.mode,
@@ -72,6 +74,9 @@ class PredictSummary:
             "images_per_s": round(self.images_per_s, 3),
             "device": self.device,
         }
+        if self.masks:
+            out["masks"] = True
+        return out
 
 
 def predict_to_folder(
@@ -169,6 +174,7 @@ def predict_to_folder(
         result_file=result_file,
         skipped=skipped,
         listed=len(items),
+        masks=predictor.masks and not proposals,
     )
     atomic_write_json(out / "summary.json", summary.to_dict())
     return summary
@@ -190,6 +196,16 @@ def _draw(
     if proposals:
         pic = draw_detections(image, boxes, res.scores, np.zeros(len(res), np.int64), ["object"], top_k=VIS_PROPOSALS)
     else:
-        pic = draw_detections(image, boxes, res.scores, res.category_ids, names, score_thresh=thresh, top_k=top_k)
+        masks = None
+        if res.masks is not None:  # pasted at the drawn boxes in the picture's px, shown ones only
+            from sniper.engine.predict import paste_box_mask
+            from sniper.viz.detections import select_for_drawing
+
+            masks = [None] * len(res)
+            for i in select_for_drawing(res.scores, thresh, top_k):
+                masks[i] = paste_box_mask(res.masks[i], boxes[i], image.width, image.height)
+        pic = draw_detections(
+            image, boxes, res.scores, res.category_ids, names, score_thresh=thresh, top_k=top_k, masks=masks
+        )
     with atomic_path(folder / f"{item.image_id}_{Path(item.file_name).stem}.jpg") as tmp:
         pic.save(tmp, format="JPEG", quality=90)

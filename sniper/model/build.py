@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import torch
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops import MultiScaleRoIAlign
 
 from sniper.config import ModelConfig
 from sniper.errors import SniperError
 from sniper.model.backbones import SniperBackbone, build_backbone
 from sniper.model.detector import SniperFasterRCNN
+from sniper.model.mask_heads import MASK_LOSSES, SniperMaskPredictor
 from sniper.model.roi_heads import ROI_MATCH, SniperBoxPredictor, SniperRoIHeads
 from sniper.model.rpn import Fp32AnchorGenerator, SniperRPN, SniperRPNHead
 
-__all__ = ["build_anchor_generator", "build_model"]
+__all__ = ["build_anchor_generator", "build_mask_branch", "build_model"]
 
 
 def build_anchor_generator(cfg: ModelConfig, backbone: SniperBackbone) -> Fp32AnchorGenerator:
@@ -32,6 +34,34 @@ def build_anchor_generator(cfg: ModelConfig, backbone: SniperBackbone) -> Fp32An
     per = len(sizes) // levels
     size_groups = tuple(tuple(sizes[i * per : (i + 1) * per]) for i in range(levels))
     return Fp32AnchorGenerator(size_groups, (ratios,) * levels)
+
+
+def build_mask_branch(cfg: ModelConfig, backbone: SniperBackbone, num_classes: int) -> dict:
+    """``cfg.masks``: torchvision's Mask R-CNN pieces on the head features, as SniperRoIHeads
+    keyword arguments: a ``mask_pool_size`` RoIAlign, MaskRCNNHeads (``mask_head_layers``) and
+    a MaskRCNNPredictor (2x upsampling, ``num_classes + 1`` logits for either loss)."""
+    if cfg.mask_loss not in MASK_LOSSES:
+        raise SniperError(f"model.mask_loss must be one of {', '.join(MASK_LOSSES)}, got {cfg.mask_loss!r}")
+    if not cfg.mask_head_layers or min(cfg.mask_head_layers) < 1:
+        raise SniperError(f"model.mask_head_layers must be a non-empty list of widths >= 1, got {cfg.mask_head_layers}")
+    if cfg.mask_pool_size < 1 or cfg.mask_target_size < 1:
+        raise SniperError(
+            f"model.mask_pool_size ({cfg.mask_pool_size}) and model.mask_target_size "
+            f"({cfg.mask_target_size}) must be >= 1"
+        )
+    if not cfg.mask_loss_weight >= 0:
+        raise SniperError(f"model.mask_loss_weight must be >= 0, got {cfg.mask_loss_weight}")
+    width = cfg.mask_head_layers[-1]
+    return dict(
+        mask_roi_pool=MultiScaleRoIAlign(
+            backbone.head_features, output_size=cfg.mask_pool_size, sampling_ratio=cfg.roi_sampling_ratio
+        ),
+        mask_head=MaskRCNNHeads(backbone.head_in_channels, list(cfg.mask_head_layers), dilation=1),
+        mask_predictor=SniperMaskPredictor(width, width, num_classes + 1),
+        mask_loss=cfg.mask_loss,
+        mask_loss_weight=cfg.mask_loss_weight,
+        mask_target_size=cfg.mask_target_size,
+    )
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
@@ -56,10 +86,14 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
         ignore_iou_thresh=cfg.rpn_ignore_iou_thresh,
     )
     pool = MultiScaleRoIAlign(backbone.head_features, output_size=7, sampling_ratio=cfg.roi_sampling_ratio)
+    box_head = TwoMLPHead(backbone.head_in_channels * 7 * 7, cfg.fc_dim)
+    box_predictor = SniperBoxPredictor(cfg.fc_dim, num_classes + 1, cfg.class_agnostic_bbox_reg)
+    # built after every box module: a box model's initial weights do not depend on cfg.masks
+    masks = build_mask_branch(cfg, backbone, num_classes) if cfg.masks else {}
     roi_heads = SniperRoIHeads(
         pool,
-        TwoMLPHead(backbone.head_in_channels * 7 * 7, cfg.fc_dim),
-        SniperBoxPredictor(cfg.fc_dim, num_classes + 1, cfg.class_agnostic_bbox_reg),
+        box_head,
+        box_predictor,
         fg_iou_thresh=cfg.box_fg_iou_thresh,
         ignore_iou_thresh=cfg.box_ignore_iou_thresh,
         batch_size_per_image=cfg.box_batch_size_per_image,
@@ -70,6 +104,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
         roi_match=cfg.roi_match,
+        **masks,
     )
     model = SniperFasterRCNN(backbone, rpn, roi_heads, num_classes, norm=cfg.norm)
     if cfg.channels_last:

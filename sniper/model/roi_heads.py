@@ -18,6 +18,14 @@ Inference (``postprocess_detections``): every (RoI, class) with score > ``score_
 torchvision's per-class NMS at ``nms_thresh`` and the best ``detections_per_img``; with
 ``raw=True`` neither of the two (all candidates by decreasing score), for callers that filter
 and merge themselves (the pyramid Predictor: valid range first, then one Soft-NMS over scales).
+With ``valid_ranges`` (one ``[lo, hi)`` per image, sqrt-area input px) candidates outside the
+image's range are dropped first, before NMS and top-k.
+
+Masks (optional, paper Table 3; ``sniper.model.mask_heads``): torchvision's mask RoIAlign,
+MaskRCNNHeads and MaskRCNNPredictor. Trained on the foreground RoIs matched to a VALID GT only
+(a RoI foreground against an invalid GT under ``all_gt`` has no mask); the target is that GT's
+box-local mask resampled onto the RoI (``project_box_masks``). Inference computes masks for the
+final detections only (so not with ``raw=True``: filter with ``valid_ranges`` instead).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
+from sniper.errors import SniperError
+from sniper.model import mask_heads
 from sniper.model.rpn import ignored_by
 
 __all__ = ["ROI_MATCH", "SniperBoxPredictor", "SniperRoIHeads", "StrictMatcher"]
@@ -79,6 +89,11 @@ class SniperRoIHeads(RoIHeads):
     ``batch_size_per_image=None`` uses every RoI (the paper); an int uses torchvision's
     BalancedPositiveNegativeSampler with ``positive_fraction``. ``roi_match``: ``"all_gt"``
     (the paper) or ``"valid_gt"``, see the module docstring.
+
+    Masks: give ``mask_roi_pool``, ``mask_head`` and ``mask_predictor`` (torchvision's
+    MultiScaleRoIAlign, MaskRCNNHeads, a MaskRCNNPredictor with C+1 outputs), ``mask_loss``
+    (``"sigmoid"`` | ``"softmax"``), ``mask_loss_weight`` and ``mask_target_size`` (the side S
+    of the box-local GT masks the targets carry).
     """
 
     def __init__(
@@ -97,9 +112,17 @@ class SniperRoIHeads(RoIHeads):
         nms_thresh: float,
         detections_per_img: int,
         roi_match: str = "all_gt",
+        mask_roi_pool: nn.Module | None = None,
+        mask_head: nn.Module | None = None,
+        mask_predictor: nn.Module | None = None,
+        mask_loss: str = "sigmoid",
+        mask_loss_weight: float = 1.0,
+        mask_target_size: int = 56,
     ) -> None:
         if roi_match not in ROI_MATCH:
             raise ValueError(f"unknown roi_match {roi_match!r}; valid: {', '.join(ROI_MATCH)}")
+        if mask_loss not in mask_heads.MASK_LOSSES:
+            raise ValueError(f"unknown mask_loss {mask_loss!r}; valid: {', '.join(mask_heads.MASK_LOSSES)}")
         super().__init__(
             box_roi_pool,
             box_head,
@@ -112,6 +135,9 @@ class SniperRoIHeads(RoIHeads):
             score_thresh,
             nms_thresh,
             detections_per_img,
+            mask_roi_pool=mask_roi_pool,
+            mask_head=mask_head,
+            mask_predictor=mask_predictor,
         )
         self.proposal_matcher = StrictMatcher(fg_iou_thresh)
         self.ignore_iou_thresh = ignore_iou_thresh
@@ -119,6 +145,9 @@ class SniperRoIHeads(RoIHeads):
         self.proposals_per_image = proposals_per_image
         self.class_agnostic = box_predictor.class_agnostic
         self.roi_match = roi_match
+        self.mask_loss = mask_loss
+        self.mask_loss_weight = mask_loss_weight
+        self.mask_target_size = mask_target_size
 
     # ------------------------------------------------------------ training samples
 
@@ -225,26 +254,37 @@ class SniperRoIHeads(RoIHeads):
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
         raw: bool = False,
+        valid_ranges: list[Tensor] | None = None,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Per image (boxes, scores, labels 1..C), clipped, score > ``score_thresh``, non-empty;
-        then per-class NMS and the top ``detections_per_img`` unless ``raw``."""
+        with ``valid_ranges`` only those whose sqrt(area) lies in the image's ``[lo, hi)``; then
+        per-class NMS and the top ``detections_per_img`` unless ``raw``."""
         if self.class_agnostic:  # the same box for every class
             box_regression = box_regression.repeat(1, class_logits.shape[-1])
-        if not raw:
+        if not raw and valid_ranges is None:
             return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        if valid_ranges is not None and len(valid_ranges) != len(proposals):
+            raise SniperError(f"valid_ranges: one [lo, hi) per image ({len(proposals)}), got {len(valid_ranges)}")
         # torchvision's steps without NMS and top-k, then sorted by score (as NMS leaves them)
         num_classes = class_logits.shape[-1]
         per_image = [len(p) for p in proposals]
         pred_boxes = self.box_coder.decode(box_regression, proposals).split(per_image, 0)
         pred_scores = F.softmax(class_logits, -1).split(per_image, 0)
         all_boxes, all_scores, all_labels = [], [], []
-        for boxes, scores, shape in zip(pred_boxes, pred_scores, image_shapes):
+        for i, (boxes, scores, shape) in enumerate(zip(pred_boxes, pred_scores, image_shapes)):
             boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
             labels = torch.arange(1, num_classes, device=scores.device).expand(len(scores), -1).reshape(-1)
             scores = scores[:, 1:].reshape(-1)
             keep = torch.where(scores > self.score_thresh)[0]
             keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
-            keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+            if valid_ranges is not None:
+                vr = torch.as_tensor(valid_ranges[i], dtype=boxes.dtype, device=boxes.device).reshape(2)
+                keep = keep[self.in_valid_range(boxes[keep], vr)]
+            if raw:
+                keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+            else:  # torchvision's per-class NMS (sorted by decreasing score) and top-k
+                keep = keep[box_ops.batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_thresh)]
+                keep = keep[: self.detections_per_img]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])
@@ -257,6 +297,63 @@ class SniperRoIHeads(RoIHeads):
         x = self.box_head(self.box_roi_pool(features, proposals, pool_shapes))
         return self.box_predictor(x)
 
+    # ------------------------------------------------------------ masks
+
+    def predict_masks(
+        self, features: dict[str, Tensor], boxes: list[Tensor], pool_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """Mask logits ``[K, C+1, M, M]`` (fp32) of the boxes of all images, concatenated."""
+        x = self.mask_head(self.mask_roi_pool(features, boxes, pool_shapes))
+        return self.mask_predictor(x)
+
+    def mask_training_samples(
+        self,
+        proposals: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per image the RoIs that train the mask, their valid GT index and their class: the
+        foreground RoIs (of ``select_training_samples``) matched to a VALID GT. ``match_targets``
+        puts the valid GT first, so a match index >= #valid is an invalid GT (``all_gt``): that
+        RoI trains the classifier and box regressor but has no mask; so does a RoI of a valid GT
+        whose ``mask_valid`` is False (no usable segmentation in the annotation)."""
+        rois, gt_idx, classes = [], [], []
+        for p, m, lab, t in zip(proposals, matched_idxs, labels, targets):
+            n_valid = t["boxes"].shape[0]
+            fg = (lab > 0) & (m < n_valid)
+            mask_valid = t.get("mask_valid")
+            if mask_valid is not None and n_valid:
+                fg &= mask_valid[m.clamp(0, n_valid - 1)]
+            keep = torch.where(fg)[0]
+            rois.append(p[keep])
+            gt_idx.append(m[keep])
+            classes.append(lab[keep])
+        return rois, gt_idx, classes
+
+    def mask_branch_loss(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: list[Tensor],
+        targets: list[dict[str, Tensor]],
+        pool_shapes: list[tuple[int, int]],
+    ) -> Tensor:
+        """``mask_loss_weight`` x the mean per-pixel mask loss over the mask-training RoIs (fp32;
+        zero but connected to every mask parameter when there is none)."""
+        rois, gt_idx, classes = self.mask_training_samples(proposals, matched_idxs, labels, targets)
+        mask_logits = self.predict_masks(features, rois, pool_shapes)
+        size = mask_logits.shape[-1]
+        mask_targets = [
+            mask_heads.project_box_masks(t["masks"], t["boxes"], r, i, size)
+            for t, r, i in zip(targets, rois, gt_idx)
+        ]
+        loss = mask_heads.mask_loss(mask_logits, torch.cat(classes), torch.cat(mask_targets), self.mask_loss)
+        return loss * self.mask_loss_weight
+
+    # ------------------------------------------------------------ forward
+
     def forward(
         self,
         features: dict[str, Tensor],
@@ -265,20 +362,40 @@ class SniperRoIHeads(RoIHeads):
         targets: list[dict[str, Tensor]] | None = None,
         pool_shapes: list[tuple[int, int]] | None = None,
         raw_detections: bool = False,
+        valid_ranges: list[Tensor] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Losses in training, else detections clipped to ``image_shapes`` (``raw_detections``:
-        without NMS and top-k, see ``postprocess_detections``). ``pool_shapes`` (the padded
+        without NMS and top-k; ``valid_ranges``: only candidates in the image's sqrt-area range,
+        before NMS; see ``postprocess_detections``), with ``"masks"`` ``[D, 1, M, M]`` (the
+        detection class's probability) when the mask branch is on. ``pool_shapes`` (the padded
         batch size) fixes the RoIAlign scale; defaults to ``image_shapes``."""
         pool_shapes = pool_shapes or image_shapes
         if self.training:
-            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
             class_logits, box_regression = self.predict(features, proposals, pool_shapes)
             loss_classifier, loss_box_reg = self.box_loss(
                 class_logits, box_regression, labels, regression_targets
             )
-            return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            if self.has_mask():
+                assert targets is not None
+                losses["loss_mask"] = self.mask_branch_loss(
+                    features, proposals, matched_idxs, labels, targets, pool_shapes
+                )
+            return [], losses
+        if raw_detections and self.has_mask():
+            raise SniperError(
+                "raw_detections=True is not available with model.masks: masks are computed for the "
+                "final detections only; pass valid_ranges (one [lo, hi) per image) instead, which "
+                "drops out-of-range candidates before the NMS and top-k"
+            )
         class_logits, box_regression = self.predict(features, proposals, pool_shapes)
         boxes, scores, labels = self.postprocess_detections(
-            class_logits, box_regression, proposals, image_shapes, raw=raw_detections
+            class_logits, box_regression, proposals, image_shapes, raw=raw_detections, valid_ranges=valid_ranges
         )
-        return [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)], {}
+        result = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)]
+        if self.has_mask():
+            mask_logits = self.predict_masks(features, boxes, pool_shapes)
+            for r, m in zip(result, mask_heads.mask_probabilities(mask_logits, labels, self.mask_loss)):
+                r["masks"] = m
+        return result, {}

@@ -3,6 +3,8 @@
 Each strategy is a small frozen object: ``merge(dets) -> dets`` where ``dets`` is a
 dict of ``boxes`` ``[N, 4]``, ``scores`` ``[N]``, ``labels`` ``[N]`` tensors. The
 output has the same keys, at most ``max_detections`` rows, by decreasing score.
+Any other key (e.g. ``masks`` ``[N, 1, M, M]``) is a per-detection tensor that travels by
+index with its box, unchanged (Soft-NMS changes scores only).
 Strategies are chosen by name from ``MERGES``.
 """
 
@@ -26,6 +28,10 @@ def _check(dets: Detections) -> None:
     missing = {"boxes", "scores", "labels"} - set(dets)
     if missing:
         raise ValueError(f"detections dict is missing {sorted(missing)}")
+    n = len(dets["boxes"])
+    bad = sorted(k for k, v in dets.items() if len(v) != n)
+    if bad:
+        raise ValueError(f"detections dict: {bad} must have one row per box ({n})")
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,9 @@ class SoftNMSMerge:
             score_threshold=self.score_threshold,
             max_detections=self.max_detections,
         )
-        return {"boxes": dets["boxes"][keep], "scores": new_scores, "labels": dets["labels"][keep]}
+        out = {k: v[keep] for k, v in dets.items()}
+        out["scores"] = new_scores
+        return out
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class NMSMerge:
         keep = batched_nms(boxes.float(), scores.float(), labels, self.iou_threshold)  # sorted by score
         if self.max_detections is not None:
             keep = keep[: self.max_detections]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+        return {k: v[ok][keep] for k, v in dets.items()}
 
 
 def _softnms_from(cfg: InferConfig) -> SoftNMSMerge:

@@ -1,17 +1,20 @@
-"""Detections on an image: one colour per class, class name and score on each box."""
+"""Detections on an image: one colour per class, class name and score on each box; instance
+masks (when given) as a semi-transparent fill in the class colour with an outline, under the boxes."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sniper.viz.draw import as_pil, class_colour, draw_box, font
+from sniper.viz.draw import as_pil, class_colour, draw_box, draw_mask, font
 
-__all__ = ["DENSE", "draw_detections", "select_for_drawing"]
+__all__ = ["DENSE", "MASK_ALPHA", "draw_detections", "select_for_drawing"]
 
 DENSE = 60  # above this many boxes in a picture: thin boxes, no tags, a legend
+MASK_ALPHA = 0.45  # opacity of a mask's fill
 
 
 def select_for_drawing(scores: np.ndarray, score_thresh: float = 0.3, top_k: int | None = None) -> np.ndarray:
@@ -41,6 +44,8 @@ def draw_detections(
     score_thresh: float = 0.3,
     top_k: int | None = None,
     dense: int = DENSE,
+    masks: Sequence[Any] | None = None,
+    mask_alpha: float = MASK_ALPHA,
 ) -> Image.Image:
     """A copy of ``image`` with boxes (xyxy, image px) drawn, best on top.
 
@@ -49,12 +54,25 @@ def draw_detections(
     otherwise those scoring above ``score_thresh``. Above ``dense`` boxes the scene is drawn
     for reading, not labelling: one-pixel boxes without tags, and a legend strip below the
     image (colour, class, count).
+
+    ``masks`` (optional, one per detection): a bool ``(H, W)`` mask of the picture, or
+    ``(x0, y0, patch)`` with a bool patch at picture px ``(x0, y0)``, or None. The shown
+    detections' masks are drawn first (best on top), ``mask_alpha`` fill and a one-pixel
+    outline in the class colour, then all boxes over them.
     """
     im = as_pil(image)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     classes = np.asarray(classes).reshape(-1)
     shown = select_for_drawing(scores, score_thresh, top_k)
+    if masks is not None:
+        if len(masks) != len(boxes):
+            raise ValueError(f"draw_detections: {len(masks)} masks for {len(boxes)} boxes")
+        pixels = np.array(im)
+        for i in shown[::-1]:
+            if masks[i] is not None:
+                draw_mask(pixels, masks[i], class_colour(int(classes[i])), alpha=mask_alpha)
+        im = Image.fromarray(pixels)
     draw = ImageDraw.Draw(im)
     label_font = font(max(10, round(min(im.size) / 40)))
     crowded = len(shown) > dense

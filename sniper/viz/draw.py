@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "GT_COLOUR", "IGNORE_COLOUR", "PAD_COLOUR", "SCALE_COLOURS", "VALID_COLOUR", "as_pil", "class_colour",
-    "draw_box", "font", "gray_canvas", "scale_colour", "tile",
+    "draw_box", "draw_mask", "font", "gray_canvas", "scale_colour", "tile",
 ]  # fmt: skip
 
 Colour = tuple[int, int, int]
@@ -103,6 +103,36 @@ def draw_box(
     draw.rectangle([x1, ty, x1 + tw + 2 * pad, ty + th + 2 * pad], fill=colour)
     light = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 140
     draw.text((x1 + pad - tx1, ty + pad - ty1), label, fill=(0, 0, 0) if light else (255, 255, 255), font=f)
+
+
+def draw_mask(
+    pixels: np.ndarray, mask: Any, colour: Colour, *, alpha: float = 0.45, outline: bool = True
+) -> None:
+    """Tint an instance mask into ``pixels`` (``(H, W, 3)`` uint8, in place): ``alpha`` of
+    ``colour`` over the mask's pixels and, with ``outline``, the mask's border pixels (those with a
+    4-neighbour outside it) in ``colour``.
+
+    ``mask``: a bool ``(H, W)`` array, or ``(x0, y0, patch)`` with a bool patch whose top-left
+    pixel is ``(x0, y0)``; the parts outside the picture are cut off."""
+    h, w = pixels.shape[:2]
+    if isinstance(mask, tuple):
+        x0, y0, patch = int(mask[0]), int(mask[1]), np.asarray(mask[2], dtype=bool)
+    else:
+        x0, y0, patch = 0, 0, np.asarray(mask, dtype=bool)
+    cx0, cy0 = max(0, x0), max(0, y0)
+    cx1, cy1 = min(w, x0 + patch.shape[1]), min(h, y0 + patch.shape[0])
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    m = patch[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    if not m.any():
+        return
+    region = pixels[cy0:cy1, cx0:cx1]
+    c = np.asarray(colour, dtype=np.float32)
+    region[m] = np.round(region[m] * (1.0 - alpha) + c * alpha).astype(np.uint8)
+    if outline:
+        p = np.pad(m, 1)
+        inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+        region[m & ~inner] = np.asarray(colour, dtype=np.uint8)
 
 
 def tile(

@@ -38,7 +38,8 @@ class ReportData:
     total is their sum); ``stage_parts``: step name -> {part: seconds}, parts of a step shown
     indented below it and not added to the total again. ``ap``: method -> {metric: AP in [0, 1]} with
     metrics from :data:`AP_METRICS`; ``per_class_ap``: method -> {class name: AP}. Methods appear
-    as columns in the order of ``ap`` (e.g. ``{"SNIPER": ..., "baseline": ...}``).
+    as columns in the order of ``ap`` (e.g. ``{"SNIPER": ..., "baseline": ...}``). ``mask_ap`` and
+    ``mask_per_class_ap``: the same for mask AP (COCO ``segm``), a second table after the box one.
     """
 
     title: str = "SNIPER run report"
@@ -54,6 +55,8 @@ class ReportData:
     detections: list[Picture] = field(default_factory=list)
     ap: dict[str, dict[str, float]] = field(default_factory=dict)
     per_class_ap: dict[str, dict[str, float]] = field(default_factory=dict)
+    mask_ap: dict[str, dict[str, float]] = field(default_factory=dict)
+    mask_per_class_ap: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: str = ""
 
 
@@ -242,6 +245,13 @@ def render_html(data: ReportData) -> str:
             "<h2>Average precision</h2>",
             '<p class="small">COCO AP in %, the best value of each row in bold.</p>',
             _ap_table(data.ap, data.per_class_ap),
+        ]
+    if data.mask_ap or data.mask_per_class_ap:
+        parts += [
+            "<h2>Mask average precision</h2>",
+            '<p class="small">COCO mask AP (IoU of the predicted instance masks with the ground-truth '
+            "segmentations) in %, the best value of each row in bold.</p>",
+            _ap_table(data.mask_ap, data.mask_per_class_ap),
         ]
     if data.notes:
         parts += ["<h2>Notes</h2>", _paragraphs(data.notes)]
