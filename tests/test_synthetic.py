@@ -348,14 +348,9 @@ def test_aerial_scene_statistics(built, rendered):
     assert summary.crowd_annotations >= 1 and summary.distractors >= 10
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_boxes_are_the_exact_extent_of_visible_pixels(monkeypatch, preset):
-    """Record every composited patch; the aerial scene never paints over an object's pixels.
-
-    Each non-crowd aerial box is the tight box of pixels (alpha >= 0.5) that are still its own
-    after everything is drawn, and its area is their count. The default preset lets items
-    overlap up to 20 %, so there a box is only the extent of what its object drew.
-    """
+def _drawn_scene(monkeypatch, preset: str):
+    """One image of ``preset`` with every composited patch recorded: (image, owner map: the index
+    of the patch whose pixel (alpha >= 0.5) is on top, -1 for none, [(patch index, its tight box)])."""
     drawn = []
     composite = synthetic._composite
 
@@ -366,12 +361,27 @@ def test_boxes_are_the_exact_extent_of_visible_pixels(monkeypatch, preset):
     monkeypatch.setattr(synthetic, "_composite", recording)
     img = make_image(SEED, 1, SMALL[preset])
     owner = np.full((img.height, img.width), -1, dtype=np.int32)
-    by_box = {}
+    tights = []
     for k, ((x0, y0), core) in enumerate(drawn):
         owner[y0 : y0 + core.shape[0], x0 : x0 + core.shape[1]][core] = k
         tight = synthetic._tight_box((x0, y0), core.astype(np.float32))
         if tight is not None:
-            by_box.setdefault(tight[:4], []).append((k, tight[4]))
+            tights.append((k, tight))
+    return img, owner, tights
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_boxes_are_the_exact_extent_of_visible_pixels(monkeypatch, preset):
+    """Record every composited patch; the aerial scene never paints over an object's pixels.
+
+    Each non-crowd aerial box is the tight box of pixels (alpha >= 0.5) that are still its own
+    after everything is drawn, and its area is their count. The default preset lets items
+    overlap up to 20 %, so there a box is only the extent of what its object drew.
+    """
+    img, owner, tights = _drawn_scene(monkeypatch, preset)
+    by_box = {}
+    for k, tight in tights:
+        by_box.setdefault(tight[:4], []).append((k, tight[4]))
     anns = [a for a in img.annotations if not a["iscrowd"]]
     assert len(anns) >= (50 if preset == "aerial" else 5)
     hidden = 0
@@ -390,22 +400,10 @@ def test_masks_are_the_pixels_each_object_shows(monkeypatch, preset):
     """``segmentation`` is the set of pixels (alpha >= 0.5) still the object's own after the whole
     scene is drawn: inside the box, touching all four sides unless something covers an extreme
     (never in the aerial scene), and the box's pixel count when nothing covers it."""
-    drawn = []
-    composite = synthetic._composite
-
-    def recording(canvas, origin, alpha, rgb):
-        drawn.append((origin, alpha >= 0.5))
-        composite(canvas, origin, alpha, rgb)
-
-    monkeypatch.setattr(synthetic, "_composite", recording)
-    img = make_image(SEED, 1, SMALL[preset])
-    owner = np.full((img.height, img.width), -1, dtype=np.int32)
+    img, owner, tights = _drawn_scene(monkeypatch, preset)
     by_box = {}
-    for k, ((x0, y0), core) in enumerate(drawn):
-        owner[y0 : y0 + core.shape[0], x0 : x0 + core.shape[1]][core] = k
-        tight = synthetic._tight_box((x0, y0), core.astype(np.float32))
-        if tight is not None:
-            by_box.setdefault(tight[:4], []).append(k)
+    for k, tight in tights:
+        by_box.setdefault(tight[:4], []).append(k)
     covered = n_crowd = 0
     for a in img.annotations:
         m = mask_utils.decode(a["segmentation"]).astype(bool)

@@ -57,7 +57,7 @@ import contextvars
 import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -128,6 +128,13 @@ class LoadReport:
         self.add(reason, detail)
         if self._first_skip is None or index < self._first_skip[0]:
             self._first_skip = (index, reason, detail)
+
+    def skip_all(self, indices: np.ndarray, reason: str, describe: Callable[[int], str]) -> None:
+        """Count every record of ``indices`` as skipped for ``reason``; only the first few are
+        described (``describe(index)``), the rest counted."""
+        for j in indices[:_MAX_EXAMPLES]:
+            self.skip(int(j), reason, describe(int(j)))
+        self.add(reason, None, n=len(indices) - min(len(indices), _MAX_EXAMPLES))
 
     def raise_first_skip(self) -> None:
         """Strict mode: the earliest skipped record becomes a :class:`CocoFormatError`."""
@@ -925,9 +932,7 @@ def _validate_boxes(
         idx = np.flatnonzero(mask)
         if len(idx) == 0:
             return
-        for j in idx[:_MAX_EXAMPLES]:
-            report.skip(int(j), reason, describe(int(j)))
-        report.add(reason, None, n=len(idx) - min(len(idx), _MAX_EXAMPLES))
+        report.skip_all(idx, reason, describe)
         valid[idx] = False
 
     finite = np.all(np.isfinite(xywh), axis=1) & np.isfinite(scores)

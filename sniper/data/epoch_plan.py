@@ -137,10 +137,11 @@ def epoch_plan(
     if len(perm):
         rows = np.concatenate([rows[starts[p] : starts[p] + lengths[p]] for p in perm])
     if mix_images > 1 and len(perm):
-        # Window w holds the chips of runs [w * W, (w + 1) * W) of the shuffled order.
-        cuts = np.cumsum(lengths[perm])[mix_images - 1 :: mix_images]
+        # Window w holds the chips of runs [w * W, (w + 1) * W) of the shuffled order; a random
+        # key per chip orders the chips inside each window (one sort, no loop over windows).
+        window = np.repeat(np.arange(len(perm)) // mix_images, lengths[perm])
         mix = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0x313C])
-        rows = np.concatenate([mix.permutation(w) for w in np.split(rows, cuts) if len(w)])
+        rows = rows[np.lexsort((mix.random(len(rows)), window))]
     if length is not None and len(rows) and length != len(rows):
         rows = np.resize(rows, int(length))
     total = len(rows)

@@ -424,9 +424,7 @@ def _load(
         idx = np.flatnonzero(valid & mask)
         if len(idx) == 0:
             return
-        for j in idx[:_MAX_EXAMPLES]:
-            report.skip(int(j), reason, describe(int(j)))
-        report.add(reason, None, n=len(idx) - min(len(idx), _MAX_EXAMPLES))
+        report.skip_all(idx, reason, describe)
         valid[idx] = False
 
     skip(missing, "missing_field", lambda i: f"{row(i)}: empty ImageID, LabelName or coordinate")
