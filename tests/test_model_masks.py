@@ -330,6 +330,23 @@ def test_eval_masks_are_the_detection_class_probability(kind):
         heads(feats, [T([[0.0, 0, 40, 40]])], [(128, 128)], raw_detections=True)
 
 
+def test_a_mask_model_keeps_its_best_mask_detections_per_img_only():
+    """The mask head runs on every returned detection: the cap keeps the best by score, each with
+    its own mask, and is exactly the uncapped output's head."""
+    torch.manual_seed(0)
+    feats = {"0": torch.randn(1, 4, 32, 32)}
+    props = [torch.tensor([[x, y, x + 20.0, y + 20.0] for x in range(0, 100, 25) for y in range(0, 100, 25)])]
+    full = make_heads().eval()
+    capped = make_heads(mask_detections_per_img=3).eval()
+    capped.load_state_dict(full.state_dict())
+    (a,), _ = full(feats, props, [(128, 128)])
+    (b,), _ = capped(feats, props, [(128, 128)])
+    assert len(a["boxes"]) > 3 and len(b["boxes"]) == 3 == len(b["masks"])
+    assert (b["scores"][:-1] >= b["scores"][1:]).all()
+    for k in ("boxes", "scores", "labels", "masks"):
+        assert torch.allclose(b[k].float(), a[k][:3].float(), atol=1e-6), k
+
+
 def test_valid_ranges_drop_candidates_before_nms_and_top_k():
     """[0, 90): the out-of-range A (0.9) would suppress B by NMS and D would take a top-3 slot."""
     heads = make_heads().eval()
@@ -493,11 +510,19 @@ def test_build_model_wires_the_mask_config():
         and heads.mask_predictor.mask_fcn_logits.out_channels == 5
     )
     assert (heads.mask_loss, heads.mask_target_size, heads.mask_loss_weight) == ("softmax", 20, 0.25)
+    assert heads.mask_detections_per_img == 100 and heads.detections_per_img == cfg.box_detections_per_img
+    assert (
+        build_model(
+            ModelConfig(**SMALL, **MASKS, mask_detections_per_img=7), 2
+        ).roi_heads.mask_detections_per_img
+        == 7
+    )
     for bad in (
         dict(mask_loss="dice"),
         dict(mask_head_layers=[]),
         dict(mask_pool_size=0),
         dict(mask_loss_weight=-1.0),
+        dict(mask_detections_per_img=0),
     ):
         with pytest.raises(SniperError, match="model.mask_"):
             build_model(ModelConfig(**SMALL, **{**MASKS, **bad}), 2)

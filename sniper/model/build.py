@@ -43,12 +43,16 @@ def build_mask_branch(cfg: ModelConfig, backbone: SniperBackbone, num_classes: i
     if cfg.mask_loss not in MASK_LOSSES:
         raise SniperError(f"model.mask_loss must be one of {', '.join(MASK_LOSSES)}, got {cfg.mask_loss!r}")
     if not cfg.mask_head_layers or min(cfg.mask_head_layers) < 1:
-        raise SniperError(f"model.mask_head_layers must be a non-empty list of widths >= 1, got {cfg.mask_head_layers}")
+        raise SniperError(
+            f"model.mask_head_layers must be a non-empty list of widths >= 1, got {cfg.mask_head_layers}"
+        )
     if cfg.mask_pool_size < 1 or cfg.mask_target_size < 1:
         raise SniperError(
             f"model.mask_pool_size ({cfg.mask_pool_size}) and model.mask_target_size "
             f"({cfg.mask_target_size}) must be >= 1"
         )
+    if cfg.mask_detections_per_img < 1:
+        raise SniperError(f"model.mask_detections_per_img must be >= 1, got {cfg.mask_detections_per_img}")
     if not cfg.mask_loss_weight >= 0:
         raise SniperError(f"model.mask_loss_weight must be >= 0, got {cfg.mask_loss_weight}")
     width = cfg.mask_head_layers[-1]
@@ -61,6 +65,7 @@ def build_mask_branch(cfg: ModelConfig, backbone: SniperBackbone, num_classes: i
         mask_loss=cfg.mask_loss,
         mask_loss_weight=cfg.mask_loss_weight,
         mask_target_size=cfg.mask_target_size,
+        mask_detections_per_img=cfg.mask_detections_per_img,
     )
 
 

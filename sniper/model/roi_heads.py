@@ -93,7 +93,8 @@ class SniperRoIHeads(RoIHeads):
     Masks: give ``mask_roi_pool``, ``mask_head`` and ``mask_predictor`` (torchvision's
     MultiScaleRoIAlign, MaskRCNNHeads, a MaskRCNNPredictor with C+1 outputs), ``mask_loss``
     (``"sigmoid"`` | ``"softmax"``), ``mask_loss_weight`` and ``mask_target_size`` (the side S
-    of the box-local GT masks the targets carry).
+    of the box-local GT masks the targets carry); at inference a mask model returns at most
+    ``mask_detections_per_img`` detections per image (each one costs a mask-head evaluation).
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class SniperRoIHeads(RoIHeads):
         mask_loss: str = "sigmoid",
         mask_loss_weight: float = 1.0,
         mask_target_size: int = 56,
+        mask_detections_per_img: int | None = None,
     ) -> None:
         if roi_match not in ROI_MATCH:
             raise ValueError(f"unknown roi_match {roi_match!r}; valid: {', '.join(ROI_MATCH)}")
@@ -148,6 +150,9 @@ class SniperRoIHeads(RoIHeads):
         self.mask_loss = mask_loss
         self.mask_loss_weight = mask_loss_weight
         self.mask_target_size = mask_target_size
+        # Each detection costs one mask-head evaluation (4 convs at 14x14 by default): a mask model
+        # keeps at most this many per image pass (the best by score; None: detections_per_img).
+        self.mask_detections_per_img = mask_detections_per_img
 
     # ------------------------------------------------------------ training samples
 
@@ -264,7 +269,9 @@ class SniperRoIHeads(RoIHeads):
         if not raw and valid_ranges is None:
             return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         if valid_ranges is not None and len(valid_ranges) != len(proposals):
-            raise SniperError(f"valid_ranges: one [lo, hi) per image ({len(proposals)}), got {len(valid_ranges)}")
+            raise SniperError(
+                f"valid_ranges: one [lo, hi) per image ({len(proposals)}), got {len(valid_ranges)}"
+            )
         # torchvision's steps without NMS and top-k, then sorted by score (as NMS leaves them)
         num_classes = class_logits.shape[-1]
         per_image = [len(p) for p in proposals]
@@ -371,7 +378,9 @@ class SniperRoIHeads(RoIHeads):
         batch size) fixes the RoIAlign scale; defaults to ``image_shapes``."""
         pool_shapes = pool_shapes or image_shapes
         if self.training:
-            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
+                proposals, targets
+            )
             class_logits, box_regression = self.predict(features, proposals, pool_shapes)
             loss_classifier, loss_box_reg = self.box_loss(
                 class_logits, box_regression, labels, regression_targets
@@ -391,8 +400,20 @@ class SniperRoIHeads(RoIHeads):
             )
         class_logits, box_regression = self.predict(features, proposals, pool_shapes)
         boxes, scores, labels = self.postprocess_detections(
-            class_logits, box_regression, proposals, image_shapes, raw=raw_detections, valid_ranges=valid_ranges
+            class_logits,
+            box_regression,
+            proposals,
+            image_shapes,
+            raw=raw_detections,
+            valid_ranges=valid_ranges,
         )
+        if self.has_mask() and self.mask_detections_per_img is not None:  # sorted by score after NMS
+            cap = self.mask_detections_per_img
+            boxes, scores, labels = (
+                [b[:cap] for b in boxes],
+                [s[:cap] for s in scores],
+                [lab[:cap] for lab in labels],
+            )
         result = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)]
         if self.has_mask():
             mask_logits = self.predict_masks(features, boxes, pool_shapes)
