@@ -1,13 +1,27 @@
-"""Data-loading speed: chips/s of a DataLoader over ``ChipDataset`` with 0, 1 and 2 workers.
+"""Data-loading speed: chips/s of a DataLoader over ``ChipDataset`` with 0, 1 and 2 workers,
+without and with instance masks, and the memory of cropping masks into chips.
 
     .venv/bin/python benchmarks/loader.py [--batch-size 16] [--max-chips 640] [--workdir /tmp/sniper_bench_loader]
-        [--mix 1 4 8]   # data.mix_images: chips of N consecutive images shuffled together
+        [--mix 1 4 8]      # data.mix_images: chips of N consecutive images shuffled together
+        [--masks off on]   # chips without / with box-local 56 x 56 masks (model.masks)
+        [--no-crop]        # skip the mask-cropping memory table
 
 Cases (paper scales x3 / x1.667 / longest 512, K = 512, stride 32, flips on):
 
 - synthetic: ``sniper make-dataset`` images (600-2000 px JPEGs, train split), epoch 0 chips.
-- large: 10 generated 4000 x 3000 JPEGs with 150 small objects each (8-64 px; most of the
-  chips are at x3, so every decode must serve many chips).
+- large: 10 generated 4000 x 3000 JPEGs with 150 small objects each (8-64 px polygons of
+  12-40 vertices; most of the chips are at x3, so every decode must serve many chips).
+
+Masks "on" loads the segmentations (``load_coco(..., masks=True)``) and gives every chip's valid
+GT its 56 x 56 box-local mask (``ChipDataset(masks=56)``, what ``model.masks`` trains on): RLE
+on the synthetic case (what ``sniper make-dataset`` writes), polygons on the large one.
+
+Mask cropping memory (``--no-crop`` skips it): one 4000 x 3000 image with 500 polygon objects
+(8-1000 px, 16-200 vertices), the chip engine's epoch-0 chips of it, and every chip's targets
+computed with and without masks (no pixels decoded), once with the objects as polygons and
+once as compressed RLE. Peak is tracemalloc's (Python + numpy allocations) over all of the
+chips; for scale, one image-sized uint8 mask is 12 MB, which is what rasterising each object at
+image size (pycocotools ``annToMask``) allocates per object.
 
 Chips/s counts the items of the batches after the first one (worker start-up and the first
 decode excluded; ``first_batch_s`` shows that separately). ``CPU ms/chip`` is the CPU time of
@@ -28,12 +42,13 @@ import platform
 import sys
 import threading
 import time
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sniper.chips import chips_columns, epoch_pool
 from sniper.config import Config
@@ -58,8 +73,15 @@ def synthetic_data(workdir: Path) -> tuple[Path, Path]:
     return out / "train.json", out / "images"
 
 
+def star_polygon(rng: np.random.Generator, cx: float, cy: float, r: float, vertices: int) -> np.ndarray:
+    """A star-shaped ``(vertices, 2)`` polygon of mean radius ``r`` around (cx, cy)."""
+    ang = np.sort(rng.uniform(0, 2 * np.pi, vertices))
+    rad = r * rng.uniform(0.55, 1.0, vertices)
+    return np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], axis=1)
+
+
 def large_data(workdir: Path, n_images: int = 10, objects: int = 150) -> tuple[Path, Path]:
-    out = workdir / "large"
+    out = workdir / "large-polygons"
     ann = out / "train.json"
     if ann.is_file():
         return ann, out / "images"
@@ -74,14 +96,18 @@ def large_data(workdir: Path, n_images: int = 10, objects: int = 150) -> tuple[P
         )
         arr = np.asarray(base).copy()
         arr += rng.integers(0, 20, (H, W, 1), dtype=np.uint8)
+        picture = Image.fromarray(arr)
+        draw = ImageDraw.Draw(picture)
         for _ in range(objects):
             s = float(np.exp(rng.uniform(np.log(8), np.log(64))))
-            x, y = rng.uniform(0, W - s), rng.uniform(0, H - s)
-            arr[int(y) : int(y + s), int(x) : int(x + s)] = rng.integers(0, 255, 3, dtype=np.uint8)
+            poly = star_polygon(rng, rng.uniform(s, W - s), rng.uniform(s, H - s), s / 2, int(rng.integers(12, 41)))
+            draw.polygon([tuple(p) for p in poly.tolist()], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+            (x1, y1), (x2, y2) = poly.min(0), poly.max(0)
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(rng.integers(1, 4)),
-                         "bbox": [float(int(x)), float(int(y)), float(int(s)), float(int(s))], "iscrowd": 0})  # fmt: skip
+                         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "iscrowd": 0,
+                         "segmentation": [poly.round(2).ravel().tolist()]})  # fmt: skip
         name = f"{i:03d}.jpg"
-        Image.fromarray(arr).save(out / "images" / name, quality=90)
+        picture.save(out / "images" / name, quality=90)
         images.append({"id": i + 1, "file_name": name, "width": W, "height": H})
         print(f"large: wrote {name}", file=sys.stderr)
     cats = [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]
@@ -100,6 +126,72 @@ def chip_table(coco, cfg: Config) -> ChipTable:
     cols = chips_columns(parts)
     cols["kind"] = np.asarray(cols["kind"]).astype(str)
     return ChipTable.from_columns(cols)
+
+
+def crop_scene(objects: int = 500, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(polygon annotations, the same objects as compressed RLE) of one 4000 x 3000 image."""
+    from pycocotools import mask as mask_utils
+
+    W, H = 4000, 3000
+    rng = np.random.default_rng(seed)
+    polys, rles = [], []
+    for k in range(objects):
+        r = float(np.exp(rng.uniform(np.log(4), np.log(500))))
+        poly = star_polygon(rng, rng.uniform(r, W - r), rng.uniform(r, H - r), r, int(rng.integers(16, 201)))
+        (x1, y1), (x2, y2) = poly.min(0), poly.max(0)
+        ann = {"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+               "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}  # fmt: skip
+        flat = poly.ravel().tolist()
+        polys.append({**ann, "segmentation": [flat]})
+        rle = mask_utils.merge(mask_utils.frPyObjects([flat], H, W))
+        rles.append({**ann, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    return polys, rles
+
+
+def _reset_peak_rss() -> int | None:
+    """Resets this process's peak RSS (VmHWM) to its current RSS; returns that RSS in kB (None
+    where /proc/self/clear_refs is not writable). C allocations tracemalloc cannot see count here."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _status_kb(os.getpid(), ("VmRSS",))
+
+
+def crop_memory(workdir: Path, cfg: Config, objects: int = 500) -> list[dict]:
+    """Targets of every epoch-0 chip of one 4000 x 3000 image with ``objects`` objects, without
+    and with 56 x 56 masks, the objects as polygons and as RLE: seconds and tracemalloc peak."""
+    polys, rles = crop_scene(objects)
+    image = {"id": 1, "file_name": "none.jpg", "width": 4000, "height": 3000}
+    rows = []
+    for kind, anns in (("polygons", polys), ("RLE", rles)):
+        path = workdir / f"crop-{kind}.json"
+        path.write_text(json.dumps({"images": [image], "annotations": anns, "categories": [{"id": 1, "name": "o"}]}))
+        coco = load_coco(path, masks=True)
+        table = chip_table(coco, cfg)
+        for masks in (None, 56):
+            ds = ChipDataset(coco, table, workdir, cfg.chips, cfg.data, masks=masks)
+            ds.target(0)  # imports and first-call allocations outside the measurement
+            ds.mask_cache.clear()  # the RLE crops decoded above are measured too
+            rss0 = _reset_peak_rss()
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            cropped = 0
+            try:
+                for i in range(len(table)):
+                    t = ds.target(i)
+                    cropped += len(t["masks"]) if masks else 0
+                seconds = time.perf_counter() - t0
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            hwm = _status_kb(os.getpid(), ("VmHWM",))
+            rows.append({"segmentation": kind, "masks": masks is not None, "chips": len(table),
+                         "masks_cropped": cropped, "ms_per_chip": 1e3 * seconds / len(table),
+                         "peak_mb": peak / 2**20,
+                         "rss_growth_mb": None if rss0 is None else max(0, hwm - rss0) / 1024})  # fmt: skip
+    return rows
 
 
 # ---------------------------------------------------------------- measuring
@@ -175,7 +267,12 @@ class ProcessMonitor:
 
 
 def measure(
-    dataset: ChipDataset, table: ChipTable, workers: int, batch_size: int, max_chips: int, mix: int = 1
+    dataset: ChipDataset,
+    table: ChipTable,
+    workers: int,
+    batch_size: int,
+    max_chips: int,
+    mix: int = 1,
 ) -> dict:
     sampler = ChipBatchSampler(table, batch_size, seed=0, num_workers=workers, mix_images=mix)
     source = ChipBatchSource(dataset, sampler, num_workers=workers)
@@ -201,6 +298,7 @@ def measure(
     return {
         "workers": workers,
         "mix_images": mix,
+        "masks": dataset.masks is not None,
         "chips": n + first,
         "chips_per_s": n / max(end - t_first, 1e-9),
         "cpu_ms_per_chip": 1e3 * (cpu - cpu_first) / max(n, 1),  # main + workers, after the first batch
@@ -222,6 +320,11 @@ def main() -> int:
     ap.add_argument(
         "--mix", type=int, nargs="+", default=[1], help="data.mix_images values (chips of N images shuffled together)"
     )
+    ap.add_argument(
+        "--masks", nargs="+", choices=["off", "on"], default=["off", "on"],
+        help="chips without (off) and with (on) 56 x 56 box-local instance masks",
+    )  # fmt: skip
+    ap.add_argument("--no-crop", action="store_true", help="skip the mask-cropping memory table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     workdir = Path(args.workdir)
@@ -237,7 +340,7 @@ def main() -> int:
     rows = []
     for case in args.cases:
         ann, images = synthetic_data(workdir) if case == "synthetic" else large_data(workdir)
-        coco = load_coco(ann)
+        coco = load_coco(ann, masks="on" in args.masks)
         table = chip_table(coco, cfg)
         info = {
             "images": len(coco),
@@ -246,19 +349,24 @@ def main() -> int:
             "runs": [],
         }
         for mix in args.mix:
-            ds = ChipDataset(coco, table, images, cfg.chips, replace(cfg.data, mix_images=mix))
             for w in args.workers:
-                r = measure(ds, table, w, args.batch_size, args.max_chips, mix)
-                info["runs"].append(r)
-                target = TARGETS[case] if w == 2 else None
-                rows.append((case, w, r, target))
-                print(f"{case:9s} workers={w} mix={mix}: {r['chips_per_s']:7.1f} chips/s, {r['cpu_ms_per_chip']:.1f} CPU ms/chip, peak mem {r['peak_mem_mb']:.0f} MB",
-                      file=sys.stderr)  # fmt: skip
+                for m in args.masks:  # side by side, so that load changes hit both alike
+                    ds = ChipDataset(coco, table, images, cfg.chips, replace(cfg.data, mix_images=mix),
+                                     masks=56 if m == "on" else None)  # fmt: skip
+                    r = measure(ds, table, w, args.batch_size, args.max_chips, mix)
+                    info["runs"].append(r)
+                    target = TARGETS[case] if w == 2 else None
+                    rows.append((case, w, r, target))
+                    print(f"{case:9s} workers={w} mix={mix} masks={m}: {r['chips_per_s']:7.1f} chips/s, {r['cpu_ms_per_chip']:.1f} CPU ms/chip, peak mem {r['peak_mem_mb']:.0f} MB",
+                          file=sys.stderr)  # fmt: skip
         results["cases"][case] = info
+    if not args.no_crop:
+        print("mask cropping memory ...", file=sys.stderr)
+        results["mask_crop_4000x3000_500_objects"] = crop_memory(workdir, cfg)
     results["machine"]["load_avg_end"] = os.getloadavg()
 
     head = (
-        f"{'case':10s} {'workers':>7s} {'mix':>4s} {'chips':>6s} {'chips/s':>8s} {'target':>7s} {'CPU ms/chip':>11s} "
+        f"{'case':10s} {'workers':>7s} {'mix':>4s} {'masks':>5s} {'chips':>6s} {'chips/s':>8s} {'target':>7s} {'CPU ms/chip':>11s} "
         f"{'first batch s':>13s} {'peak mem MB':>11s}"
     )
     print(head)
@@ -266,12 +374,24 @@ def main() -> int:
     for case, w, r, target in rows:
         t = f"{target:.0f}" if target else "-"
         ok = "" if target is None else ("  ok" if r["chips_per_s"] >= target else "  BELOW")
-        print(f"{case:10s} {w:7d} {r['mix_images']:4d} {r['chips']:6d} {r['chips_per_s']:8.1f} {t:>7s} {r['cpu_ms_per_chip']:11.1f} "
+        print(f"{case:10s} {w:7d} {r['mix_images']:4d} {'on' if r['masks'] else 'off':>5s} {r['chips']:6d} {r['chips_per_s']:8.1f} {t:>7s} {r['cpu_ms_per_chip']:11.1f} "
               f"{r['first_batch_s']:13.2f} {r['peak_mem_mb']:11.0f}{ok}")  # fmt: skip
     for case, info in results["cases"].items():
         print(
             f"{case}: {info['images']} images, {info['chips']} chips ({info['chips_per_image']:.1f} / image)"
         )
+    crop = results.get("mask_crop_4000x3000_500_objects")
+    if crop:
+        print("\nmask cropping, one 4000 x 3000 image, 500 objects, every epoch-0 chip's targets (no pixels):")
+        head = (f"{'segmentation':12s} {'masks':>5s} {'chips':>6s} {'masks cropped':>13s} {'ms/chip':>8s} "
+                f"{'peak MB':>8s} {'RSS peak growth MB':>18s}")  # fmt: skip
+        print(head)
+        print("-" * len(head))
+        for r in crop:
+            print(f"{r['segmentation']:12s} {'on' if r['masks'] else 'off':>5s} {r['chips']:6d} {r['masks_cropped']:13d} "
+                  f"{r['ms_per_chip']:8.2f} {r['peak_mb']:8.2f} {'-' if r['rss_growth_mb'] is None else format(r['rss_growth_mb'], '18.2f')}")  # fmt: skip
+        print("(peak MB: tracemalloc, Python + numpy; RSS peak growth: the process's peak RSS over its RSS before;"
+              " one image-sized uint8 mask is 11.4 MB)")  # fmt: skip
     la = results["machine"]
     print(
         f"load average: start {la['load_avg_start'][0]:.2f}, end {la['load_avg_end'][0]:.2f} on {la['cpus']} cpus"

@@ -1,6 +1,6 @@
 """Training speed: SNIPER chips vs the full 3-scale image pyramid vs single-scale 800 x 1333.
 
-    .venv/bin/python benchmarks/train.py [--quick] [--data /tmp/syn] [--workers 1]
+    .venv/bin/python benchmarks/train.py [--quick] [--data /tmp/syn] [--workers 1] [--no-masks] [--chips-only]
 
 Same model and settings everywhere: a MobileNetV2 SNIPER detector (ImageNet weights only if
 torchvision's file is already on disk, else random init), batch 8, the real training loop
@@ -12,13 +12,16 @@ so data loading is included. On the synthetic dataset (``sniper make-dataset``; 
     image) with ``train.amp`` off (batch 8) and on (bf16 autocast on CPU; batch ``--amp-batch``,
     2 by default). On a CPU without native bf16 the trainer trains in fp32 even with amp on, and
     the amp row says so (``--force-bf16`` times the emulated bf16 anyway: ~150 s for 2 chips);
+    and, unless ``--no-masks``, the same at fp32 with instance masks (``model.masks``: the
+    Mask R-CNN branch, chips carrying 56 x 56 box-local masks of the synthetic RLE
+    segmentations), the same chips in the same order and the same initial box weights;
 (b) time per epoch of
     - SNIPER: the epoch plan's chips (all positive chips + ``neg_per_image`` negatives per image,
       from the chip engine; negatives mined from RANDOM boxes standing in for RPN proposals),
       iterations per epoch x measured seconds per iteration (from (a), amp off);
     - single scale (short 800, long <= 1333, ``FullImageBatchSource``): measured at
       ``--full-batch`` (2; a batch of 8 such images needs ~10 GB), time per image x images;
-    - the full pyramid (every image at each of ``cfg.chips.scales``: x3, x1.667, longest 512):
+    - (skipped with ``--chips-only``) the full pyramid (every image at each of ``cfg.chips.scales``: x3, x1.667, longest 512):
       a batch of 8 images at x3 (up to ~19 MP each) does not fit in RAM, so pyramid items are
       timed one image per iteration on a sample below ``--max-pixels``, a line
       ``seconds = a + b * pixels`` is fitted, and the epoch is extrapolated over every item.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import platform
@@ -197,6 +201,38 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def print_throughput(args, amp_runs: dict, mask_run: dict | None, amp_mode: str, amp_batch: int, weights: str) -> None:
+    fp, am = amp_runs[False], amp_runs[True]
+    rows = [["off (fp32)", "off", str(args.batch_size), f"{fp['chips_per_s']:.2f}", f"{fp['s_per_iter']:.2f}", str(fp["timed_iters"])],
+            [f"on ({amp_mode})", "off", str(amp_batch), f"{am['chips_per_s']:.2f}", f"{am['s_per_iter']:.2f}", str(am["timed_iters"])]]  # fmt: skip
+    if mask_run:
+        rows.append(["off (fp32)", "on", str(args.batch_size), f"{mask_run['chips_per_s']:.2f}",
+                     f"{mask_run['s_per_iter']:.2f}", str(mask_run["timed_iters"])])  # fmt: skip
+    print(f"\n(a) training throughput, 512 px chips, data loading included ({weights})")
+    print(table(["amp", "masks", "batch", "chips/s", "s/iter", "iters timed"], rows))
+    if mask_run:
+        print(f"masks on / off (fp32): {mask_run['chips_per_s'] / fp['chips_per_s']:.2f}x the chips/s")
+
+
+def report_chips_only(args, amp_runs, mask_run, amp_mode, amp_batch, weights, started, load_start) -> int:
+    results = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "load_avg_start": load_start},
+        "settings": {"backbone": "mobilenet_v2", "weights": weights, "batch_size": args.batch_size,
+                     "loader_workers": args.workers, "amp_batch": amp_batch, "amp_mode": amp_mode,
+                     "chips_only": True, "quick": args.quick},
+        "throughput": {**{("amp" if k else "fp32"): v for k, v in amp_runs.items()},
+                       **({"fp32_masks": mask_run} if mask_run else {})},
+        "seconds": time.perf_counter() - started,
+        "load_avg_end": os.getloadavg(),
+    }  # fmt: skip
+    atomic_write_json(args.out, results)
+    print_throughput(args, amp_runs, mask_run, amp_mode, amp_batch, weights)
+    print(f"total {results['seconds']:.0f} s; load average {load_start[0]:.1f} at start, "
+          f"{results['load_avg_end'][0]:.1f} at end ({os.cpu_count()} cpus); wrote {args.out}")  # fmt: skip
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -224,8 +260,11 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed iterations per case")
     ap.add_argument("--max-pixels", type=float, default=None, help="largest pyramid item timed (MP)")
     ap.add_argument("--proposals", type=int, default=1000, help="random proposals per image for negatives")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
+    ap.add_argument("--no-masks", action="store_true", help="skip the chips/s row with instance masks")
+    ap.add_argument("--chips-only", action="store_true", help="(a) only: no epoch times (b)")
+    ap.add_argument("--out", type=Path, default=None, help="default results/train.json (train_chips.json with --chips-only)")
     args = ap.parse_args()
+    args.out = args.out or ROOT / "benchmarks" / "results" / ("train_chips.json" if args.chips_only else "train.json")
     iters = args.iters or (2 if args.quick else 8)
     budget = args.budget or (10.0 if args.quick else 60.0)
     max_px = (args.max_pixels or (2.5 if args.quick else 4.0)) * 1e6
@@ -298,6 +337,32 @@ def main() -> int:
         amp_runs[amp]["chips_per_s"] = amp_runs[amp]["items_per_iter"] / amp_runs[amp]["s_per_iter"]
         print(f"  {amp_runs[amp]['s_per_iter']:.2f} s/iter", file=sys.stderr)
 
+    mask_run = None
+    if not args.no_masks:
+        print("(a) chips with instance masks, amp=False ...", file=sys.stderr)
+        mask_cfg = copy.deepcopy(cfg)
+        mask_cfg.model.masks = True
+        mask_coco = load_coco(ann, masks=True)
+        n_segs = sum(s is not None for i in range(len(mask_coco)) for s in mask_coco.annotations_at(i).segmentations)
+        if n_segs == 0:
+            raise SystemExit(f"{ann} has no segmentations: regenerate it with `sniper make-dataset` for the masks row")
+        torch.manual_seed(0)  # the box modules are built first: the same initial box weights as above
+        mask_model = build_model(mask_cfg.model, mask_coco.num_classes)
+        mask_ds = ChipDataset.from_config(mask_coco, chips, image_root, mask_cfg)
+        sampler = ChipBatchSampler(
+            chips, args.batch_size, seed=cfg.seed, negatives=True, neg_per_image=cfg.chips.neg_per_image,
+            num_workers=args.workers,
+        )  # fmt: skip
+        mask_run = measure(mask_model, ChipBatchSource(mask_ds, sampler, num_workers=args.workers), mask_cfg,
+                           iters, False, budget)  # fmt: skip
+        mask_run["chips_per_s"] = mask_run["items_per_iter"] / mask_run["s_per_iter"]
+        mask_run["segmentations"] = n_segs
+        print(f"  {mask_run['s_per_iter']:.2f} s/iter", file=sys.stderr)
+        del mask_model, mask_ds
+
+    if args.chips_only:
+        return report_chips_only(args, amp_runs, mask_run, amp_mode, amp_batch, weights, started, load_start)
+
     # ---- single scale 800 x 1333
     print("(b) single scale 800x1333 ...", file=sys.stderr)
     single_ds = FullImageDataset(coco, image_root, SINGLE_SCALE, cfg.data)
@@ -351,7 +416,8 @@ def main() -> int:
                      "quick": args.quick, "data": str(ann), "train_images": len(coco),
                      "negatives": f"{cfg.chips.neg_per_image}/image from {args.proposals} random boxes (not RPN)",
                      "chips": to_dict(cfg.chips)},
-        "throughput": {("amp" if k else "fp32"): v for k, v in amp_runs.items()},
+        "throughput": {**{("amp" if k else "fp32"): v for k, v in amp_runs.items()},
+                       **({"fp32_masks": mask_run} if mask_run else {})},
         "epoch": {
             "sniper": {"chips": n_chips, "positive": n_pos, "iters": sniper_iters,
                        "s_per_iter": amp_runs[False]["s_per_iter"], "epoch_s": sniper_epoch,
@@ -376,13 +442,7 @@ def main() -> int:
     }  # fmt: skip
     atomic_write_json(args.out, results)
 
-    fp, am = amp_runs[False], amp_runs[True]
-    print(f"\n(a) training throughput, 512 px chips, data loading included ({weights})")
-    print(table(
-        ["amp", "batch", "chips/s", "s/iter", "iters timed"],
-        [["off (fp32)", str(args.batch_size), f"{fp['chips_per_s']:.2f}", f"{fp['s_per_iter']:.2f}", str(fp["timed_iters"])],
-         [f"on ({amp_mode})", str(amp_batch), f"{am['chips_per_s']:.2f}", f"{am['s_per_iter']:.2f}", str(am["timed_iters"])]],
-    ))  # fmt: skip
+    print_throughput(args, amp_runs, mask_run, amp_mode, amp_batch, weights)
     print(
         f"\n(b) one epoch over {len(coco)} synthetic train images, batch {args.batch_size}, fp32, data loading included"
     )

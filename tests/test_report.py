@@ -175,6 +175,8 @@ def test_demo_report_with_masks_shows_mask_ap_and_mask_pictures(tmp_path, capsys
     section = text[text.index("<h2>Mask average precision</h2>") :]
     assert ">42.0<" in section and ">66.0<" in section and "baseline" not in section.split("</table>")[0]
     assert "boxes over predicted masks" in text and "mask AP (COCO segm)" in text
+    # only the SNIPER model has the mask branch: the report must not claim the baseline has one
+    assert "The baseline is a box detector" in text and "Both models" not in text
     demo._print_table(metrics)
     out = capsys.readouterr().out
     assert "mask AP" in out and " 0.420" in out and "n/a" in out
