@@ -317,7 +317,7 @@ def test_drawn_masks_tint_their_pixels_in_the_class_colour():
         draw_detections(img, box, np.array([0.9]), np.array([17]), masks=[])
 
 
-def test_cli_predict_writes_segmentations_and_draws_masks(tmp_path):
+def test_cli_predict_writes_segmentations_and_draws_masks(tmp_path, capsys):
     from sniper.cli import main
     from sniper.engine.checkpoint import save_model_final
     from sniper.model import build_model
@@ -342,3 +342,13 @@ def test_cli_predict_writes_segmentations_and_draws_masks(tmp_path):
     assert json.loads((out / "summary.json").read_text())["masks"] is True
     (pic,) = sorted((out / "vis").glob("*.jpg"))
     assert Image.open(pic).size == (120, 90)
+    # the inference-only model settings may change at predict time; the others come from the weights
+    capped = tmp_path / "capped"
+    cap_args = ["predict", "--no-progress", "--weights", str(weights), "--source", str(folder), "--out", str(capped)]
+    assert main([*cap_args, "--device", "cpu", "--set", "model.mask_detections_per_img=2"]) == 0
+    few = json.loads((capped / "detections.json").read_text())
+    per_image = [sum(d["image_id"] == i for d in few) for i in (1, 2)]
+    assert max(per_image) <= 2 * len(cfg.infer.scales) < min(sum(d["image_id"] == i for d in dets) for i in (1, 2))
+    cap_args[cap_args.index(str(capped))] = str(tmp_path / "other")
+    assert main([*cap_args, "--set", "model.fc_dim=32"]) != 0
+    assert "model.fc_dim" in capsys.readouterr().err

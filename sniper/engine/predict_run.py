@@ -26,15 +26,22 @@ __all__ = ["PredictSummary", "config_for_weights", "predict_to_folder"]
 VIS_PROPOSALS = 50
 
 
+# Model settings that only shape the output of a trained model (no weights depend on them):
+# ``sniper predict --set model.KEY=...`` may change them.
+INFERENCE_MODEL_KEYS = ("box_score_thresh", "box_nms_thresh", "box_detections_per_img", "mask_detections_per_img")
+
+
 def config_for_weights(ckpt_cfg: Config, config_path: str | None, overrides: Sequence[str]) -> Config:
-    """The checkpoint's config, updated by a config file and ``key=value`` overrides; model settings
-    are fixed by the weights, so changing them is an error rather than silently ignored."""
+    """The checkpoint's config, updated by a config file and ``key=value`` overrides. Model settings
+    are fixed by the weights, so changing them is an error rather than silently ignored, except
+    ``INFERENCE_MODEL_KEYS`` (apply them with :func:`sniper.model.set_inference_settings`)."""
     from sniper.config import apply_overrides, to_dict
 
     cfg = ckpt_cfg if config_path is None else merge_config_file(ckpt_cfg, config_path)
     cfg = apply_overrides(cfg, list(overrides))
     before, after = to_dict(ckpt_cfg.model), to_dict(cfg.model)
-    changed = sorted(k for k in after if k != "pretrained" and after[k] != before[k])
+    fixed = {"pretrained", *INFERENCE_MODEL_KEYS}
+    changed = sorted(k for k in after if k not in fixed and after[k] != before[k])
     if changed:
         raise SniperError(
             f"model settings come from the weights file and cannot be changed: model.{', model.'.join(changed)}"
@@ -109,6 +116,7 @@ def predict_to_folder(
         proposals_to_coco,
     )
     from sniper.io import atomic_write_json, remove_stale_temps
+    from sniper.model import set_inference_settings
 
     weights = Path(weights)
     if not weights.is_file():
@@ -124,6 +132,7 @@ def predict_to_folder(
     dev = pick_device(device)
     model, ckpt_cfg, categories = load_model_for_inference(weights, map_location="cpu")
     cfg = config_for_weights(ckpt_cfg, config, overrides)
+    set_inference_settings(model, cfg.model)
     batch_size = batch_size or cfg.infer.batch_size
     predictor = Predictor(model, cfg.infer, categories, dev, batch_size=batch_size)
     scales = cfg.proposals.scales if proposals else cfg.infer.scales

@@ -15,7 +15,7 @@ from sniper.model.mask_heads import MASK_LOSSES, SniperMaskPredictor
 from sniper.model.roi_heads import ROI_MATCH, SniperBoxPredictor, SniperRoIHeads
 from sniper.model.rpn import Fp32AnchorGenerator, SniperRPN, SniperRPNHead
 
-__all__ = ["build_anchor_generator", "build_mask_branch", "build_model"]
+__all__ = ["build_anchor_generator", "build_mask_branch", "build_model", "set_inference_settings"]
 
 
 def build_anchor_generator(cfg: ModelConfig, backbone: SniperBackbone) -> Fp32AnchorGenerator:
@@ -116,3 +116,21 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
         model.channels_last = True
         model.backbone.to(memory_format=torch.channels_last)
     return model
+
+
+def set_inference_settings(model: torch.nn.Module, cfg: ModelConfig) -> None:
+    """Applies the settings that shape a trained model's detections but no weight (score and NMS
+    thresholds, detections per image, ``mask_detections_per_img``) to a built ``model``; a model
+    without ``roi_heads`` (a stand-in of another kind) is left as it is."""
+    if cfg.mask_detections_per_img < 1 or cfg.box_detections_per_img < 1:
+        raise SniperError(
+            f"model.box_detections_per_img ({cfg.box_detections_per_img}) and model.mask_detections_per_img "
+            f"({cfg.mask_detections_per_img}) must be >= 1"
+        )
+    heads = getattr(model, "roi_heads", None)
+    if heads is None:
+        return
+    heads.score_thresh = cfg.box_score_thresh
+    heads.nms_thresh = cfg.box_nms_thresh
+    heads.detections_per_img = cfg.box_detections_per_img
+    heads.mask_detections_per_img = cfg.mask_detections_per_img
