@@ -214,25 +214,6 @@ def print_throughput(args, amp_runs: dict, mask_run: dict | None, amp_mode: str,
         print(f"masks on / off (fp32): {mask_run['chips_per_s'] / fp['chips_per_s']:.2f}x the chips/s")
 
 
-def report_chips_only(args, amp_runs, mask_run, amp_mode, amp_batch, weights, started, load_start) -> int:
-    results = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "load_avg_start": load_start},
-        "settings": {"backbone": "mobilenet_v2", "weights": weights, "batch_size": args.batch_size,
-                     "loader_workers": args.workers, "amp_batch": amp_batch, "amp_mode": amp_mode,
-                     "chips_only": True, "quick": args.quick},
-        "throughput": {**{("amp" if k else "fp32"): v for k, v in amp_runs.items()},
-                       **({"fp32_masks": mask_run} if mask_run else {})},
-        "seconds": time.perf_counter() - started,
-        "load_avg_end": os.getloadavg(),
-    }  # fmt: skip
-    atomic_write_json(args.out, results)
-    print_throughput(args, amp_runs, mask_run, amp_mode, amp_batch, weights)
-    print(f"total {results['seconds']:.0f} s; load average {load_start[0]:.1f} at start, "
-          f"{results['load_avg_end'][0]:.1f} at end ({os.cpu_count()} cpus); wrote {args.out}")  # fmt: skip
-    return 0
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -294,12 +275,12 @@ def main() -> int:
     chip_s = time.perf_counter() - t0
     chip_ds = ChipDataset.from_config(coco, chips, image_root, cfg)
 
-    def chip_source(batch_size: int = args.batch_size) -> ChipBatchSource:
+    def chip_source(batch_size: int = args.batch_size, dataset: ChipDataset = chip_ds) -> ChipBatchSource:
         sampler = ChipBatchSampler(
             chips, batch_size, seed=cfg.seed, negatives=True, neg_per_image=cfg.chips.neg_per_image,
             num_workers=args.workers,
         )  # fmt: skip
-        return ChipBatchSource(chip_ds, sampler, num_workers=args.workers)
+        return ChipBatchSource(dataset, sampler, num_workers=args.workers)
 
     src = chip_source()
     plan = src.sampler.plan(0)
@@ -349,19 +330,31 @@ def main() -> int:
         torch.manual_seed(0)  # the box modules are built first: the same initial box weights as above
         mask_model = build_model(mask_cfg.model, mask_coco.num_classes)
         mask_ds = ChipDataset.from_config(mask_coco, chips, image_root, mask_cfg)
-        sampler = ChipBatchSampler(
-            chips, args.batch_size, seed=cfg.seed, negatives=True, neg_per_image=cfg.chips.neg_per_image,
-            num_workers=args.workers,
-        )  # fmt: skip
-        mask_run = measure(mask_model, ChipBatchSource(mask_ds, sampler, num_workers=args.workers), mask_cfg,
-                           iters, False, budget)  # fmt: skip
+        mask_run = measure(mask_model, chip_source(dataset=mask_ds), mask_cfg, iters, False, budget)
         mask_run["chips_per_s"] = mask_run["items_per_iter"] / mask_run["s_per_iter"]
         mask_run["segmentations"] = n_segs
         print(f"  {mask_run['s_per_iter']:.2f} s/iter", file=sys.stderr)
         del mask_model, mask_ds
 
+    head = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "load_avg_start": load_start},
+        "settings": {"backbone": "mobilenet_v2", "weights": weights, "batch_size": args.batch_size,
+                     "loader_workers": args.workers, "amp_batch": amp_batch, "amp_mode": amp_mode, "max_timed_iters": iters, "warmup_iters": 1,
+                     "budget_s_per_case": budget, "chips_only": args.chips_only,
+                     "quick": args.quick, "data": str(ann), "train_images": len(coco),
+                     "negatives": f"{cfg.chips.neg_per_image}/image from {args.proposals} random boxes (not RPN)",
+                     "chips": to_dict(cfg.chips)},
+        "throughput": {**{("amp" if k else "fp32"): v for k, v in amp_runs.items()},
+                       **({"fp32_masks": mask_run} if mask_run else {})},
+    }  # fmt: skip
     if args.chips_only:
-        return report_chips_only(args, amp_runs, mask_run, amp_mode, amp_batch, weights, started, load_start)
+        results = {**head, "seconds": time.perf_counter() - started, "load_avg_end": os.getloadavg()}
+        atomic_write_json(args.out, results)
+        print_throughput(args, amp_runs, mask_run, amp_mode, amp_batch, weights)
+        print(f"total {results['seconds']:.0f} s; load average {load_start[0]:.1f} at start, "
+              f"{results['load_avg_end'][0]:.1f} at end ({os.cpu_count()} cpus); wrote {args.out}")  # fmt: skip
+        return 0
 
     # ---- single scale 800 x 1333
     print("(b) single scale 800x1333 ...", file=sys.stderr)
@@ -408,16 +401,7 @@ def main() -> int:
     sniper_epoch = sniper_iters * amp_runs[False]["s_per_iter"]
     single_epoch = len(single_ds) * single["s_per_iter"] / single["items_per_iter"]
     results = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "load_avg_start": load_start},
-        "settings": {"backbone": "mobilenet_v2", "weights": weights, "batch_size": args.batch_size,
-                     "loader_workers": args.workers, "amp_batch": amp_batch, "amp_mode": amp_mode, "max_timed_iters": iters, "warmup_iters": 1,
-                     "budget_s_per_case": budget,
-                     "quick": args.quick, "data": str(ann), "train_images": len(coco),
-                     "negatives": f"{cfg.chips.neg_per_image}/image from {args.proposals} random boxes (not RPN)",
-                     "chips": to_dict(cfg.chips)},
-        "throughput": {**{("amp" if k else "fp32"): v for k, v in amp_runs.items()},
-                       **({"fp32_masks": mask_run} if mask_run else {})},
+        **head,
         "epoch": {
             "sniper": {"chips": n_chips, "positive": n_pos, "iters": sniper_iters,
                        "s_per_iter": amp_runs[False]["s_per_iter"], "epoch_s": sniper_epoch,

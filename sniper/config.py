@@ -148,7 +148,8 @@ class ModelConfig:
     mask_target_size: int = 56  # side S of each GT box's box-local mask in targets["masks"]
     mask_loss_weight: float = 1.0
     # A mask model's detections per image pass at inference (the best by score), in place of
-    # box_detections_per_img: every one runs the mask head, 4x the CPU time of the box head at 300.
+    # box_detections_per_img: every one runs the mask head (demo, CPU: 3.6x box-only inference
+    # time at 300, 2.6x at 100, the same AP).
     mask_detections_per_img: int = 100
 
 

@@ -26,16 +26,12 @@ __all__ = ["PredictSummary", "config_for_weights", "predict_to_folder"]
 VIS_PROPOSALS = 50
 
 
-# Model settings that only shape the output of a trained model (no weights depend on them):
-# ``sniper predict --set model.KEY=...`` may change them.
-INFERENCE_MODEL_KEYS = ("box_score_thresh", "box_nms_thresh", "box_detections_per_img", "mask_detections_per_img")
-
-
 def config_for_weights(ckpt_cfg: Config, config_path: str | None, overrides: Sequence[str]) -> Config:
     """The checkpoint's config, updated by a config file and ``key=value`` overrides. Model settings
     are fixed by the weights, so changing them is an error rather than silently ignored, except
-    ``INFERENCE_MODEL_KEYS`` (apply them with :func:`sniper.model.set_inference_settings`)."""
+    ``sniper.model.INFERENCE_MODEL_KEYS`` (apply them with :func:`sniper.model.set_inference_settings`)."""
     from sniper.config import apply_overrides, to_dict
+    from sniper.model import INFERENCE_MODEL_KEYS
 
     cfg = ckpt_cfg if config_path is None else merge_config_file(ckpt_cfg, config_path)
     cfg = apply_overrides(cfg, list(overrides))

@@ -15,7 +15,11 @@ from sniper.model.mask_heads import MASK_LOSSES, SniperMaskPredictor
 from sniper.model.roi_heads import ROI_MATCH, SniperBoxPredictor, SniperRoIHeads
 from sniper.model.rpn import Fp32AnchorGenerator, SniperRPN, SniperRPNHead
 
-__all__ = ["build_anchor_generator", "build_mask_branch", "build_model", "set_inference_settings"]
+__all__ = ["INFERENCE_MODEL_KEYS", "build_anchor_generator", "build_mask_branch", "build_model", "set_inference_settings"]
+
+# Model settings that shape a trained model's detections but no weight: the ones
+# ``set_inference_settings`` applies, and that ``sniper predict --set model.KEY=...`` may change.
+INFERENCE_MODEL_KEYS = ("box_score_thresh", "box_nms_thresh", "box_detections_per_img", "mask_detections_per_img")
 
 
 def build_anchor_generator(cfg: ModelConfig, backbone: SniperBackbone) -> Fp32AnchorGenerator:
@@ -51,8 +55,6 @@ def build_mask_branch(cfg: ModelConfig, backbone: SniperBackbone, num_classes: i
             f"model.mask_pool_size ({cfg.mask_pool_size}) and model.mask_target_size "
             f"({cfg.mask_target_size}) must be >= 1"
         )
-    if cfg.mask_detections_per_img < 1:
-        raise SniperError(f"model.mask_detections_per_img must be >= 1, got {cfg.mask_detections_per_img}")
     if not cfg.mask_loss_weight >= 0:
         raise SniperError(f"model.mask_loss_weight must be >= 0, got {cfg.mask_loss_weight}")
     width = cfg.mask_head_layers[-1]
@@ -115,13 +117,13 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SniperFasterRCNN:
     if cfg.channels_last:
         model.channels_last = True
         model.backbone.to(memory_format=torch.channels_last)
+    set_inference_settings(model, cfg)  # checks them, for predict-time overrides too
     return model
 
 
 def set_inference_settings(model: torch.nn.Module, cfg: ModelConfig) -> None:
-    """Applies the settings that shape a trained model's detections but no weight (score and NMS
-    thresholds, detections per image, ``mask_detections_per_img``) to a built ``model``; a model
-    without ``roi_heads`` (a stand-in of another kind) is left as it is."""
+    """Applies ``INFERENCE_MODEL_KEYS`` of ``cfg`` to a built ``model``; a model without
+    ``roi_heads`` (a stand-in of another kind) is left as it is."""
     if cfg.mask_detections_per_img < 1 or cfg.box_detections_per_img < 1:
         raise SniperError(
             f"model.box_detections_per_img ({cfg.box_detections_per_img}) and model.mask_detections_per_img "
